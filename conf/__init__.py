@@ -1,0 +1,21 @@
+"""Typed configuration: the schema, the YAML profiles beside it, and the loader."""
+
+from conf.loader import CONF_DIR, ConfigError, load_config
+from conf.schema import (
+    Config,
+    DataConfig,
+    EvaluationConfig,
+    FeaturesConfig,
+    SyntheticConfig,
+)
+
+__all__ = [
+    "CONF_DIR",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvaluationConfig",
+    "FeaturesConfig",
+    "SyntheticConfig",
+    "load_config",
+]

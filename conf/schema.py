@@ -1,0 +1,104 @@
+"""Typed configuration for every recrank command.
+
+One schema, one source of values: ``conf/default.yaml`` holds every value, profiles
+(``demo.yaml``, ``quality.yaml``) override a subset of it, and dotted ``key.sub=value``
+overrides from the command line go last. Unknown keys are errors, not silent typos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    """Base for every config section: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SyntheticConfig(_Strict):
+    """Shape of the synthetic dataset used for scale and load tests."""
+
+    users: int = Field(gt=0, description="Number of distinct users.")
+    items: int = Field(gt=1, description="Number of catalogue items.")
+    impressions: int = Field(
+        gt=0, description="Number of impressions (carousel showings); rows = impressions x slate size."
+    )
+    categories: int = Field(gt=1, description="Number of item categories.")
+    slate_min: int = Field(ge=1, description="Smallest number of items shown in one impression.")
+    slate_max: int = Field(ge=1, description="Largest number of items shown in one impression.")
+    days: int = Field(gt=0, description="Length of the simulated time range in days.")
+    zipf_exponent: float = Field(gt=0, description="Exponent of the Zipf item popularity (higher = more skew).")
+    target_ctr: float = Field(gt=0, lt=1, description="Approximate overall click-through rate the generator aims for.")
+    seed: int = Field(description="Seed: the same seed and shape always give byte-identical tables.")
+    chunk_impressions: int = Field(gt=0, description="Impressions generated and written per chunk (bounds memory).")
+
+    @model_validator(mode="after")
+    def _slate_bounds(self) -> SyntheticConfig:
+        if self.slate_max < self.slate_min:
+            raise ValueError(f"slate_max ({self.slate_max}) must be >= slate_min ({self.slate_min})")
+        if self.slate_max > self.items:
+            raise ValueError(f"slate_max ({self.slate_max}) cannot exceed the number of items ({self.items})")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the canonical tables live and how they are made."""
+
+    dataset: Literal["ml100k", "mind", "synthetic", "canonical"] = Field(
+        description="Adapter that writes the canonical tables: ml100k (embedded), mind, synthetic, or canonical "
+        "(already-canonical parquet files to validate and copy)."
+    )
+    dir: Path = Field(description="Folder of the canonical tables and everything derived from them.")
+    source: Path | None = Field(description="Input folder for the mind and canonical adapters; unused otherwise.")
+    val_fraction: float = Field(gt=0, lt=1, description="Share of the time range (before test) used for validation.")
+    test_fraction: float = Field(gt=0, lt=1, description="Last share of the time range used for test.")
+    history_cap: int = Field(gt=0, description="Most recent clicked items kept in a user's history.")
+    synthetic: SyntheticConfig
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave some time range for training")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    """Point-in-time behavioural features."""
+
+    ctr_prior_strength: float = Field(
+        gt=0, description="Pseudo-impressions of the global CTR prior added to each item's CTR (Bayesian smoothing)."
+    )
+    click_windows_days: list[int] = Field(
+        min_length=1, description="Windows (days) for the recent item-click counts, e.g. [1, 7]."
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> FeaturesConfig:
+        if any(w <= 0 for w in self.click_windows_days) or len(set(self.click_windows_days)) != len(
+            self.click_windows_days
+        ):
+            raise ValueError(f"click_windows_days must be distinct positive days, got {self.click_windows_days}")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    """How systems are compared on the test impressions."""
+
+    bootstrap_samples: int = Field(ge=100, description="Paired bootstrap resamples over impressions for 95% CIs.")
+    seed: int = Field(description="Seed of the bootstrap resampling.")
+    cold_item_max_impressions: int = Field(
+        ge=0, description="An item shown at most this many times before the impression counts as cold."
+    )
+
+
+class Config(_Strict):
+    """The whole configuration of one recrank run."""
+
+    profile: str = Field(description="Name of the profile, recorded with every artifact.")
+    data: DataConfig
+    features: FeaturesConfig
+    evaluation: EvaluationConfig

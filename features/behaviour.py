@@ -1,0 +1,278 @@
+"""Behavioural features, point-in-time: offline for every impression row, online as a snapshot.
+
+Two layers, each written once:
+
+* **state** (:mod:`features.state`): counts of earlier events per item, user, (user, category) and
+  globally, taken strictly before each row's time;
+* **derivation** (:func:`derive`): the model features computed from state plus the request itself
+  (its time, its size, the candidate's position) — smoothed CTR, affinity, recency, age.
+
+Offline, every impression row asks for its own state; for the snapshot, one probe row per user / item
+asks for the state just after the last event (same function), and at request time :func:`online_rows`
+joins that state by key and runs :func:`derive` on the request. Same state code, same derivation
+code: serving and training cannot disagree on what a feature means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from conf import Config
+from features.state import EVENT, T, check_composite_fits, encode_time, entity_state, key_code
+
+TS = "ts"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The feature definition: saved with every model trained on it (changing it changes the features)."""
+
+    click_windows_days: tuple[int, ...]
+    ctr_prior_strength: float
+    history_cap: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FeatureSpec:
+        return cls(
+            click_windows_days=tuple(cfg.features.click_windows_days),
+            ctr_prior_strength=cfg.features.ctr_prior_strength,
+            history_cap=cfg.data.history_cap,
+        )
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The model inputs produced here, in a fixed order."""
+        return [
+            "item_impressions_before",
+            "item_clicks_before",
+            "item_ctr_smoothed",
+            *[f"item_clicks_{d}d" for d in self.click_windows_days],
+            "item_age_days",
+            "user_impressions_before",
+            "user_clicks_before",
+            "user_history_len",
+            "hours_since_last_click",
+            "user_category_affinity",
+            "impression_size",
+            "position",
+        ]
+
+
+# ---- derivation ---------------------------------------------------------------------------------------
+
+
+def derive(frame: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
+    """Model features from state columns plus ``ts``, ``published_at``, ``impression_size``, ``position``.
+
+    The CTR prior is the global click rate before ``ts`` (Laplace-smoothed), so nothing from the
+    future leaks in through the prior either.
+    """
+    global_ctr = (pl.col("global_clicks_before") + 1) / (pl.col("global_impressions_before") + 2)
+    m = spec.ctr_prior_strength
+    clicks = pl.col("user_clicks_before")
+    return frame.with_columns(
+        ((pl.col("item_clicks_before") + m * global_ctr) / (pl.col("item_impressions_before") + m)).alias(
+            "item_ctr_smoothed"
+        ),
+        ((pl.col(TS) - pl.col("published_at")).dt.total_microseconds() / 86_400e6).alias("item_age_days"),
+        pl.min_horizontal(clicks, pl.lit(spec.history_cap)).alias("user_history_len"),
+        ((pl.col(TS) - pl.col("user_last_click_ts")).dt.total_microseconds() / 3_600e6).alias("hours_since_last_click"),
+        pl.when(clicks > 0)
+        .then(pl.col("user_category_clicks_before").fill_null(0) / clicks)
+        .otherwise(None)
+        .alias("user_category_affinity"),
+    )
+
+
+# ---- offline features and the snapshot, in one pass ---------------------------------------------------
+
+PROBE = "\x00probe"  # id of the dummy side of a probe row; cannot collide with a real (validated) id
+
+
+@dataclass
+class OnlineSnapshot:
+    """The latest state of every user and item, just after the last event; what serving reads."""
+
+    as_of: datetime
+    users: pl.DataFrame  # user_id, user_impressions_before, user_clicks_before, user_last_click_ts
+    items: pl.DataFrame  # item_id, category, published_at, item_* counts
+    user_categories: pl.DataFrame  # user_id, category, user_category_clicks_before
+    global_impressions: int
+    global_clicks: int
+
+    def meta(self) -> dict[str, object]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "global_impressions_before": self.global_impressions,
+            "global_clicks_before": self.global_clicks,
+            "users": self.users.height,
+            "items": self.items.height,
+        }
+
+
+def _events(impressions: pl.LazyFrame, items: pl.LazyFrame) -> pl.DataFrame:
+    """Impression rows with item attributes, in time order (a stable sort: input order breaks ties)."""
+    return (
+        impressions.join(
+            items.select("item_id", "category", "published_at"), on="item_id", how="left", maintain_order="left"
+        )
+        .sort(TS, maintain_order=True)
+        .with_columns(encode_time(TS), pl.lit(1, dtype=pl.Int8).alias(EVENT))
+        .collect()
+    )
+
+
+def _probes(events: pl.DataFrame, catalogue: pl.DataFrame, as_of_t: int) -> pl.DataFrame:
+    """Probe rows just after the last event: one per catalogue item, one per seen (user, category).
+
+    A probe does not count as an event (``_e = 0``); its dummy side (user of an item probe, item of a
+    user probe) is a key no event has, so it disturbs nothing. Every (user, category) probe also
+    answers the state of its user.
+    """
+    common = [
+        pl.lit(as_of_t, dtype=pl.Int64).alias(T),
+        pl.lit(0, dtype=pl.Int8).alias("clicked"),
+        pl.lit(0, dtype=pl.Int8).alias(EVENT),
+    ]
+    item_probes = catalogue.select("item_id", "category", pl.lit(PROBE).alias("user_id"), *common)
+    # Distinct (user, category) pairs via their integer code: far cheaper than hashing two string columns.
+    first = events.select(key_code("user_id", "category", alias="_k")).with_row_index("_r").unique("_k")
+    pair_probes = (
+        events[first["_r"].sort()].select("user_id", "category").with_columns(pl.lit(PROBE).alias("item_id"), *common)
+    )
+    return pl.concat([item_probes, pair_probes.select(item_probes.columns)])
+
+
+def _state_columns(rows: pl.DataFrame, spec: FeatureSpec, bounds: tuple[int, int], n_items: int) -> pl.DataFrame:
+    """Item, user, (user, category) and global state of every row, computed one entity after another
+    (sequential collects: on small machines parallel sorts only fight over the cores)."""
+    if spec.click_windows_days:
+        check_composite_fits(n_items, bounds)
+    coded = (
+        rows.lazy()
+        .with_columns(
+            key_code("item_id", alias="_item"),
+            key_code("user_id", alias="_user"),
+            key_code("user_id", "category", alias="_ucat"),
+        )
+        .select("_item", "_user", "_ucat", T, "clicked", EVENT)
+        .collect()
+    )
+    states = [
+        entity_state(coded.lazy(), "_item", "item", spec.click_windows_days, time_bounds=bounds),
+        entity_state(coded.lazy(), "_user", "user", last_click=True),
+        entity_state(coded.lazy(), "_ucat", "user_category").select("user_category_clicks_before"),
+        entity_state(coded.lazy(), None, "global"),
+    ]
+    frame = pl.concat([state.collect() for state in states], how="horizontal")
+    return frame.with_columns(
+        pl.from_epoch("user_last_click_t", time_unit="us").dt.replace_time_zone("UTC").alias("user_last_click_ts")
+    ).drop("user_last_click_t")
+
+
+def _offline_frame(events: pl.DataFrame, state: pl.DataFrame, spec: FeatureSpec, split_expr: pl.Expr | None):
+    frame = pl.concat([events, state], how="horizontal").lazy()
+    frame = derive(frame.with_columns(pl.len().over("impression_id").cast(pl.Int32).alias("impression_size")), spec)
+    keys = ["impression_id", "item_id", "user_id", TS, "clicked"]
+    if split_expr is not None:
+        frame = frame.with_columns(split_expr)
+        keys.append("split")
+    return frame.select(*keys, *spec.feature_columns)
+
+
+def _snapshot(probes: pl.DataFrame, state: pl.DataFrame, catalogue: pl.DataFrame, as_of_t: int) -> OnlineSnapshot:
+    answered = pl.concat([probes.select("item_id", "user_id", "category"), state], how="horizontal")
+    item_rows = answered.filter(pl.col("user_id") == PROBE)
+    pair_rows = answered.filter(pl.col("user_id") != PROBE)
+    item_cols = [c for c in state.columns if c.startswith("item_")]
+    user_cols = ["user_impressions_before", "user_clicks_before", "user_last_click_ts"]
+    first = answered.row(0, named=True)
+    return OnlineSnapshot(
+        as_of=datetime.fromtimestamp(0, tz=UTC) + timedelta(microseconds=as_of_t),
+        items=catalogue.join(item_rows.select("item_id", *item_cols), on="item_id", how="left").sort("item_id"),
+        users=pair_rows.select("user_id", *user_cols).unique("user_id").sort("user_id"),
+        user_categories=pair_rows.select("user_id", "category", "user_category_clicks_before").sort(
+            "user_id", "category"
+        ),
+        global_impressions=int(first["global_impressions_before"]),
+        global_clicks=int(first["global_clicks_before"]),
+    )
+
+
+def build_offline_and_snapshot(
+    impressions: pl.LazyFrame, items: pl.LazyFrame, spec: FeatureSpec, split_expr: pl.Expr | None = None
+) -> tuple[pl.LazyFrame, OnlineSnapshot]:
+    """Offline features of every impression row and the online snapshot, from one state computation.
+
+    The events and the snapshot's probe rows go through :func:`features.state.entity_state` together,
+    so the snapshot is, by construction, the state an impression at the snapshot time would see.
+    """
+    events = _events(impressions, items)
+    catalogue = items.select("item_id", "category", "published_at").collect()
+    t_min, t_max = int(events[T].min()), int(events[T].max())
+    probes = _probes(events, catalogue, t_max + 1)
+    rows = pl.concat([events.select(probes.columns), probes])
+    state = _state_columns(rows, spec, (t_min, t_max + 1), catalogue.height)
+    offline = _offline_frame(events, state.slice(0, events.height), spec, split_expr)
+    snapshot = _snapshot(probes, state.slice(events.height), catalogue, t_max + 1)
+    return offline, snapshot
+
+
+def build_offline(
+    impressions: pl.LazyFrame, items: pl.LazyFrame, spec: FeatureSpec, split_expr: pl.Expr | None = None
+) -> pl.LazyFrame:
+    """One row per impression row (time order): keys, label, split and every feature from events before ``ts``."""
+    events = _events(impressions, items)
+    state = _state_columns(events, spec, (int(events[T].min()), int(events[T].max())), _height(items))
+    return _offline_frame(events, state, spec, split_expr)
+
+
+def build_snapshot(impressions: pl.LazyFrame, items: pl.LazyFrame, spec: FeatureSpec) -> OnlineSnapshot:
+    """State of every user and item one microsecond after the last event (see build_offline_and_snapshot)."""
+    return build_offline_and_snapshot(impressions, items, spec)[1]
+
+
+def _height(frame: pl.LazyFrame) -> int:
+    return frame.select(pl.len()).collect().item()
+
+
+def online_rows(
+    snapshot: OnlineSnapshot,
+    user_id: str,
+    item_ids: Sequence[str],
+    ts: datetime,
+    spec: FeatureSpec,
+) -> pl.DataFrame:
+    """Feature rows for one request (candidates in the given order) from the snapshot, via :func:`derive`.
+
+    Unknown users and items get zero counts (cold start); the position is the candidate's index.
+    """
+    n = len(item_ids)
+    request = pl.LazyFrame(
+        {
+            "item_id": list(item_ids),
+            "position": pl.Series(range(n), dtype=pl.Int32),
+        }
+    ).with_columns(
+        pl.lit(user_id).alias("user_id"),
+        pl.lit(ts).cast(snapshot.users.schema.get("user_last_click_ts", pl.Datetime("us", "UTC"))).alias(TS),
+        pl.lit(n, dtype=pl.Int32).alias("impression_size"),
+    )
+    counts = [c for c in snapshot.items.columns if c.startswith("item_") and c != "item_id"]
+    frame = (
+        request.join(snapshot.items.lazy(), on="item_id", how="left", maintain_order="left")
+        .join(snapshot.users.lazy(), on="user_id", how="left", maintain_order="left")
+        .join(snapshot.user_categories.lazy(), on=["user_id", "category"], how="left", maintain_order="left")
+        .with_columns(
+            *[pl.col(c).fill_null(0) for c in counts],
+            pl.col("user_impressions_before").fill_null(0),
+            pl.col("user_clicks_before").fill_null(0),
+            pl.lit(snapshot.global_impressions).alias("global_impressions_before"),
+            pl.lit(snapshot.global_clicks).alias("global_clicks_before"),
+        )
+    )
+    return derive(frame, spec).select("item_id", *spec.feature_columns).collect()

@@ -1,0 +1,141 @@
+"""The ``recrank`` command line. The only place that parses argv; everything below it takes a Config.
+
+Every command takes ``--config PROFILE.yaml`` and trailing dotted overrides (``data.history_cap=20``).
+Errors in input data or config end with one line on stderr naming what is wrong and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+if not console.is_terminal:  # logs and CI: wide enough for the metrics table on one line per system
+    console.width = max(console.width, 140)
+err_console = Console(stderr=True)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="profile YAML (merged over conf/default.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recrank", description="Text-aware ranking for product-page carousels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="canonical datasets").add_subparsers(dest="action", required=True)
+    prep = data.add_parser("prepare", help="write items/impressions/split for a dataset")
+    prep.add_argument("--dataset", choices=["ml100k", "mind", "synthetic", "canonical"])
+    prep.add_argument("--out", type=Path, help="output folder (data.dir)")
+    prep.add_argument("--source", type=Path, help="input folder for mind / canonical")
+    for name in ("users", "items", "impressions", "seed"):
+        prep.add_argument(f"--{name}", type=int, help=f"synthetic: {name}")
+    _common(prep)
+
+    feats = sub.add_parser("features", help="behavioural features").add_subparsers(dest="action", required=True)
+    fb = feats.add_parser("build", help="point-in-time features + online snapshot")
+    fb.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(fb)
+
+    ev = sub.add_parser("evaluate", help="evaluate systems on a split and write the report")
+    ev.add_argument("--data", type=Path, help="data folder (data.dir)")
+    ev.add_argument("--split", choices=["val", "test"], default="test")
+    _common(ev)
+
+    pipe = sub.add_parser("pipeline", help="prepare -> features -> evaluate, end to end")
+    pipe.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(pipe)
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """Command-line flags are sugar for config overrides, applied after the user's own."""
+    out = []
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("out", "data.dir"),
+        ("data", "data.dir"),
+        ("source", "data.source"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    for name in ("users", "items", "impressions", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f"data.synthetic.{name}={value}")
+    return out
+
+
+def print_metrics(result) -> None:
+    from offline.report import metrics_table
+
+    rows = metrics_table(result)
+    table = Table(title=f"{result.split} split: {result.impressions} impressions, {result.rows} rows (95% CI)")
+    for head in rows[0]:
+        table.add_column(head)
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _timed(label: str, fn: Callable[[], object]) -> object:
+    start = time.perf_counter()
+    with console.status(f"[bold]{label}[/bold] ..."):
+        out = fn()
+    console.print(f"[green]✓[/green] {label} ({time.perf_counter() - start:.1f} s)")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from conf import load_config
+
+    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
+    from offline import stages
+
+    if args.command == "data":
+        summary = stages.prepare(cfg)
+        console.print_json(data=summary.to_json())
+    elif args.command == "features":
+        console.print_json(data=_timed("features", lambda: stages.features(cfg)))
+    elif args.command == "evaluate":
+        result, out = stages.evaluate_baselines(cfg, split=args.split)
+        print_metrics(result)
+        console.print(f"report: {out}/report.md")
+    elif args.command == "pipeline":
+        summary = stages.prepare(cfg)
+        console.print(
+            f"[green]✓[/green] prepare {summary.dataset}: {summary.impression_rows} rows, "
+            f"{summary.impressions} impressions, {summary.items} items, CTR {summary.ctr:.3f}"
+        )
+        _timed("features", lambda: stages.features(cfg))
+        result, out = _timed("evaluate", lambda: stages.evaluate_baselines(cfg))
+        print_metrics(result)
+        console.print(f"report: {out}/report.md, {out}/metrics.json")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from conf import ConfigError
+    from features.schema import DataValidationError
+
+    try:
+        return run(args)
+    except (ConfigError, DataValidationError, FileNotFoundError, ValueError) as exc:
+        err_console.print(f"recrank: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("recrank: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

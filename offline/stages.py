@@ -1,0 +1,42 @@
+"""The pipeline's stages as plain functions of a :class:`~conf.Config`; the CLI and ``pipeline`` call them.
+
+Each stage reads the artifacts of the previous one from ``cfg.data.dir`` and writes its own there, so a
+stage can be re-run alone (``recrank features build``) or as part of ``recrank pipeline``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from conf import Config
+from features.behaviour import FeatureSpec
+from features.build import build_features, read_features
+from features.prepare import PrepareSummary, prepare_dataset, read_manifest
+from offline.report import write_report
+from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
+
+
+def prepare(cfg: Config, progress: bool = True) -> PrepareSummary:
+    return prepare_dataset(cfg.data, progress=progress)
+
+
+def features(cfg: Config) -> dict[str, object]:
+    return build_features(cfg.data.dir, FeatureSpec.from_config(cfg))
+
+
+def evaluate_baselines(cfg: Config, split: str = "test") -> tuple[EvaluationResult, Path]:
+    """Evaluate the single-signal baselines on ``split`` and write the report."""
+    frame = read_features(cfg.data.dir).filter(pl.col("split") == split).collect()
+    result = evaluate_systems(frame, BASELINES, cfg.evaluation, baseline="popularity", split=split)
+    manifest = read_manifest(cfg.data.dir)
+    context = {
+        "dataset": manifest.get("dataset"),
+        "protocol": manifest.get("dataset"),
+        "data fingerprint": manifest.get("fingerprint"),
+        "profile": cfg.profile,
+        "bootstrap resamples": cfg.evaluation.bootstrap_samples,
+    }
+    out = write_report(result, cfg.data.dir, title=f"recrank evaluation: {manifest.get('dataset')}", context=context)
+    return result, out
