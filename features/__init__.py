@@ -1,1 +1,44 @@
-__all__: list[str] = []
+"""Canonical data, dataset adapters, the time split and point-in-time behavioural features."""
+
+from features.behaviour import (
+    FeatureSpec,
+    OnlineSnapshot,
+    build_offline,
+    build_offline_and_snapshot,
+    build_snapshot,
+    derive,
+    online_rows,
+)
+from features.build import build_features, read_features, read_snapshot
+from features.prepare import PrepareSummary, prepare_dataset, read_manifest
+from features.schema import (
+    IMPRESSIONS_SCHEMA,
+    ITEMS_SCHEMA,
+    DataValidationError,
+    read_impressions,
+    read_items,
+)
+from features.split import TimeSplit, read_split
+
+__all__ = [
+    "IMPRESSIONS_SCHEMA",
+    "ITEMS_SCHEMA",
+    "DataValidationError",
+    "FeatureSpec",
+    "OnlineSnapshot",
+    "PrepareSummary",
+    "TimeSplit",
+    "build_features",
+    "build_offline",
+    "build_offline_and_snapshot",
+    "build_snapshot",
+    "derive",
+    "online_rows",
+    "prepare_dataset",
+    "read_features",
+    "read_impressions",
+    "read_items",
+    "read_manifest",
+    "read_snapshot",
+    "read_split",
+]

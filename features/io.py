@@ -41,13 +41,6 @@ def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def sink_parquet_atomic(lazy: pl.LazyFrame, path: str | Path) -> Path:
-    """Stream a lazy query to ``path`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        lazy.sink_parquet(tmp, compression="zstd", statistics=True)
-    return Path(path)
-
-
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON through a temporary file and a rename."""
     with atomic_path(path) as tmp:

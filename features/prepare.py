@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -29,7 +28,7 @@ from features.schema import (
     conform,
     validate,
 )
-from features.split import SPLIT_FILE, TimeSplit
+from features.split import SPLIT_FILE, TimeSplit, split_from_range
 
 MANIFEST_FILE = "manifest.json"
 
@@ -66,12 +65,6 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
         while chunk := fh.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _split_from_range(lo: datetime, hi: datetime, cfg: DataConfig) -> TimeSplit:
-    span = hi - lo
-    test_start = hi - span * cfg.test_fraction
-    return TimeSplit(val_start=test_start - span * cfg.val_fraction, test_start=test_start)
 
 
 def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PrepareSummary:
@@ -117,7 +110,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PrepareSummary:
                 writer.close()
         if writer is None or rows == 0:
             raise ValueError(f"{tables.impressions_file}: no impression rows")
-        split = _split_from_range(lo, hi, cfg)
+        split = split_from_range(lo, hi, cfg.val_fraction, cfg.test_fraction)
         tmp[SPLIT_FILE].write_text(json.dumps(split.to_json(), indent=2) + "\n")
         fingerprint = hashlib.sha256(
             (file_sha256(tmp[ITEMS_FILE]) + file_sha256(tmp[IMPRESSIONS_FILE])).encode()

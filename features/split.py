@@ -10,8 +10,6 @@ from pathlib import Path
 
 import polars as pl
 
-from features.io import write_json_atomic
-
 SPLIT_FILE = "split.json"
 SPLITS = ("train", "val", "test")
 
@@ -38,17 +36,11 @@ class TimeSplit:
         return {"val_start": self.val_start.isoformat(), "test_start": self.test_start.isoformat()}
 
 
-def compute_split(impressions: pl.LazyFrame, val_fraction: float, test_fraction: float) -> TimeSplit:
-    """Cut the observed time range [min ts, max ts] by fractions of its length."""
-    lo, hi = impressions.select(pl.col("ts").min(), pl.col("ts").max()).collect().row(0)
+def split_from_range(lo: datetime, hi: datetime, val_fraction: float, test_fraction: float) -> TimeSplit:
+    """Cut the observed time range [lo, hi] by fractions of its length."""
     span = hi - lo
     test_start = hi - span * test_fraction
-    val_start = test_start - span * val_fraction
-    return TimeSplit(val_start=val_start, test_start=test_start)
-
-
-def write_split(split: TimeSplit, data_dir: str | Path) -> Path:
-    return write_json_atomic(split.to_json(), Path(data_dir) / SPLIT_FILE)
+    return TimeSplit(val_start=test_start - span * val_fraction, test_start=test_start)
 
 
 def read_split(data_dir: str | Path) -> TimeSplit:
