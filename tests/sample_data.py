@@ -18,6 +18,24 @@ TINY_SYNTHETIC = [
 ]
 
 
+# A tiny text model that trains in seconds on the tiny synthetic world.
+TEXT_OVERRIDES = [
+    "textmodel.backbone=tiny-gpt2",
+    "textmodel.trainable_top_layers=1",
+    "textmodel.dim=16",
+    "textmodel.train.batch_size=8",
+    "textmodel.train.max_steps_per_epoch=4",
+    "textmodel.train.epochs=2",
+    "textmodel.train.warmup_steps=1",
+    "textmodel.train.lr=0.01",
+    "textmodel.train.head_lr=0.01",
+    "textmodel.train.device=cpu",
+    "textmodel.peft.r=4",
+    "textmodel.peft.prefix_tokens=2",
+    "data.history_cap=8",
+]
+
+
 NEWS = [
     ["N1", "sports", "football", "Local team wins the cup", "A late goal decides it.", "", "[]", "[]"],
     ["N2", "finance", "markets", "Stocks rally on rate cut", "", "", "[]", "[]"],

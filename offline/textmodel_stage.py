@@ -1,0 +1,115 @@
+"""``recrank textmodel train|embed``: wire data, backbone, trainer and artifact together.
+
+The entry point supplies what the library leaves open: the validation metric (from ``ranker``), the
+paths, and the progress display.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from conf import Config
+from features import read_features, read_impressions, read_items, read_manifest
+from features.history import impression_histories
+from features.io import write_parquet_atomic
+from ranker.metrics import per_group_metrics, summarize
+
+INTEREST_FILE = "interest.parquet"
+TEXTMODEL_DIR = "textmodel"
+
+
+def impression_auc(frame: pl.DataFrame) -> float:
+    """Impression-mean AUC of a scored frame (impression_id, clicked, score): the validation metric."""
+    return summarize(per_group_metrics(frame, score="score"))["auc"]
+
+
+def model_dir(cfg: Config) -> Path:
+    return Path(cfg.data.dir) / TEXTMODEL_DIR
+
+
+def _inputs(cfg: Config):
+    from textmodel.data import load_sets
+
+    d = cfg.data.dir
+    items = read_items(d).collect()
+    features = read_features(d).collect()
+    histories = impression_histories(read_impressions(d), features.lazy(), cfg.data.history_cap).collect()
+    return load_sets(items, features, histories, cfg.textmodel.text_fields, cfg.data.history_cap)
+
+
+def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
+    """Train on the train split, early-stop on validation AUC, save the artifact and the interest scores."""
+    from textmodel.artifact import embedding_table, save_text_model
+    from textmodel.backbone import load_backbone
+    from textmodel.model import build_text_model, resolve_device
+    from textmodel.scoring import interest_frame, score_rows, scored_frame
+    from textmodel.train import ClickTrainer
+
+    tm = cfg.textmodel
+    started = time.perf_counter()
+    catalogue, sets = _inputs(cfg)
+    device = resolve_device(tm.train.device)
+    backbone = load_backbone(tm.backbone, tm.cache_dir)
+    model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, sets["train"]))
+    t0 = time.perf_counter()
+    encoder.build_cache(progress=progress)
+    cache_seconds = time.perf_counter() - t0
+    trainer = ClickTrainer(model, encoder, tm.train, device, impression_auc)
+    result = trainer.fit(sets["train"], sets["val"], progress=progress)
+    memory = encoder.encode_all(progress=progress)
+    metrics = {
+        split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
+    }
+    extra = {
+        "history_cap": cfg.data.history_cap,
+        "data_fingerprint": read_manifest(cfg.data.dir).get("fingerprint"),
+        "profile": cfg.profile,
+        "train": result.to_json(),
+        "impression_auc": metrics,
+        "cache_seconds": cache_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    out = save_text_model(
+        model_dir(cfg), model, tm, backbone.identity, embedding_table(catalogue.item_ids, memory), extra
+    )
+    interest = pl.concat([interest_frame(model, memory, data) for data in sets.values()])
+    write_parquet_atomic(interest, Path(cfg.data.dir) / INTEREST_FILE)
+    return {"model_dir": str(out), **extra}
+
+
+def _total_steps(cfg: Config, train) -> int:
+    import numpy as np
+
+    from textmodel.data import sample_examples
+
+    t = cfg.textmodel.train
+    n = len(sample_examples(train, t.objective, t.negatives, np.random.default_rng(t.seed)))
+    per_epoch = -(-n // t.batch_size)
+    if t.max_steps_per_epoch is not None:
+        per_epoch = min(per_epoch, t.max_steps_per_epoch)
+    return per_epoch * t.epochs
+
+
+def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
+    """Re-encode the whole catalogue with a saved model (new items included) and rewrite the interest scores."""
+    import torch
+
+    from textmodel.artifact import EMBEDDINGS_FILE, embedding_table, load_text_model
+    from textmodel.model import resolve_device
+    from textmodel.scoring import TextScorer, interest_frame
+
+    device = resolve_device(cfg.textmodel.train.device)
+    loaded = load_text_model(model_dir(cfg), cfg.textmodel.cache_dir, device)
+    catalogue, sets = _inputs(cfg)
+    scorer = TextScorer(loaded, device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        memory = scorer.encode_texts(catalogue.texts)
+    seconds = time.perf_counter() - t0
+    write_parquet_atomic(embedding_table(catalogue.item_ids, memory), model_dir(cfg) / EMBEDDINGS_FILE)
+    interest = pl.concat([interest_frame(loaded.model, memory, data) for data in sets.values()])
+    write_parquet_atomic(interest, Path(cfg.data.dir) / INTEREST_FILE)
+    return {"items": len(catalogue.item_ids), "items_per_s": len(catalogue.item_ids) / seconds, "rows": interest.height}

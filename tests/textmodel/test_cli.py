@@ -1,0 +1,57 @@
+"""`recrank textmodel train` and `embed` end to end with the tiny GPT-2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from sample_data import TEXT_OVERRIDES, TINY_SYNTHETIC
+
+from offline.cli import main
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, model_cache: Path) -> list[str]:
+    args = [*TINY_SYNTHETIC, f"data.dir={tmp_path / 'd'}", f"textmodel.cache_dir={model_cache}", *TEXT_OVERRIDES]
+    assert main(["data", "prepare", *args]) == 0
+    assert main(["features", "build", *args]) == 0
+    return args
+
+
+def test_train_then_embed_round_trip(prepared: list[str], tmp_path: Path, capsys) -> None:
+    assert main(["textmodel", "train", *prepared]) == 0
+    out = capsys.readouterr().out
+    assert "val AUC" in out and "impression-mean AUC" in out
+    folder = tmp_path / "d" / "textmodel"
+    meta = json.loads((folder / "textmodel.json").read_text())
+    assert meta["backbone"]["name"] == "tiny-gpt2-seed0" and meta["config"]["peft"]["method"] == "lora"
+    assert set(meta["impression_auc"]) == {"train", "val", "test"}
+    features = pl.read_parquet(tmp_path / "d" / "features.parquet")
+    trained = pl.read_parquet(tmp_path / "d" / "interest.parquet")
+    assert trained.height == features.height  # an interest score for every (impression, item) row
+    assert trained.join(features, on=["impression_id", "item_id"], how="anti").height == 0
+    table = pl.read_parquet(folder / "item_embeddings.parquet")
+    assert table.height == 120 and table["vector"].dtype == pl.Array(pl.Float32, 16)
+    # `embed` reloads the saved model, re-encodes the catalogue from text (no cache) and rescores every row.
+    assert main(["textmodel", "embed", *prepared]) == 0
+    embedded = pl.read_parquet(tmp_path / "d" / "interest.parquet")
+    joined = trained.join(embedded, on=["impression_id", "item_id"], suffix="_again")
+    assert joined.height == trained.height
+    assert (joined["interest_score"] - joined["interest_score_again"]).abs().max() < 1e-4
+
+
+def test_bad_inputs_fail_with_one_line(prepared: list[str], tmp_path: Path, capsys) -> None:
+    cases = {
+        "missing backbone": (["textmodel.backbone=/no/such/model"], "/no/such/model: backbone folder not found"),
+        "unknown method": (["textmodel.peft.method=qlora"], "textmodel.peft.method"),
+        "no text": (["textmodel.text_fields=[body]"], "have no text in ['body']"),
+    }
+    for name, (extra, message) in cases.items():
+        code = main(["textmodel", "train", *prepared, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert message in err and len(err.splitlines()) == 1, (name, err)
+    assert main(["textmodel", "embed", *prepared]) == 2
+    assert "textmodel.json: not found" in capsys.readouterr().err

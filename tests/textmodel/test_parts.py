@@ -1,0 +1,85 @@
+"""Towers, pooling, bucketing and the training data, on hand-made inputs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from textmodel.data import Catalogue, ImpressionSet, TextDataError, sample_examples
+from textmodel.encoder import length_buckets
+from textmodel.towers import UserTower, pool
+
+
+def test_pool_last_and_mean() -> None:
+    hidden = torch.arange(12, dtype=torch.float32).reshape(2, 3, 2)  # (B=2, T=3, H=2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pool(hidden, mask, "last").tolist() == [[2.0, 3.0], [10.0, 11.0]]
+    assert pool(hidden, mask, "mean").tolist() == [[1.0, 2.0], [8.0, 9.0]]
+
+
+def test_user_tower_default_for_empty_history() -> None:
+    torch.manual_seed(0)
+    tower = UserTower(4)
+    history = torch.randn(2, 3, 4)
+    mask = torch.tensor([[False, False, False], [False, True, True]])
+    users = tower(history, mask)
+    assert torch.allclose(users[0], torch.nn.functional.normalize(tower.default, dim=0))
+    assert torch.allclose(users.norm(dim=1), torch.ones(2))
+    # Masked-out history entries have no influence.
+    changed = history.clone()
+    changed[1, 0] = 100.0
+    assert torch.allclose(tower(changed, mask)[1], users[1])
+
+
+def test_length_buckets_respect_the_token_budget() -> None:
+    lengths = torch.tensor([5, 70, 6, 30, 5, 7, 69])
+    buckets = list(length_buckets(lengths, token_budget=140))
+    assert sorted(torch.cat(buckets).tolist()) == list(range(7))
+    for b in buckets:
+        assert len(b) * int(lengths[b].max()) <= 140 or len(b) == 1
+
+
+def test_catalogue_text_and_missing_text() -> None:
+    items = pl.DataFrame({"item_id": ["b", "a"], "title": ["Second", "First"], "body": ["", "More."]})
+    cat = Catalogue.from_items(items, ["title", "body"])
+    assert cat.item_ids == ["a", "b"] and cat.texts == ["First. More.", "Second"]
+    with pytest.raises(TextDataError, match=re.escape("1 item(s) have no text in ['body'], e.g. 'b'")):
+        Catalogue.from_items(items, ["body"])
+    with pytest.raises(TextDataError, match="column 'abstract' missing"):
+        Catalogue.from_items(items, ["abstract"])
+
+
+def _set() -> tuple[Catalogue, ImpressionSet]:
+    cat = Catalogue(item_ids=["a", "b", "c", "d"], texts=["A", "B", "C", "D"])
+    rows = pl.DataFrame(
+        {
+            "impression_id": ["x", "x", "x", "y", "y", "z"],
+            "item_id": ["a", "b", "c", "a", "d", "b"],
+            "clicked": [1, 0, 0, 1, 1, 0],
+        }
+    )
+    hist = pl.DataFrame({"impression_id": ["x", "y", "z"], "history": [[], ["c"], ["a", "b", "c", "d"]]})
+    return cat, ImpressionSet.build(rows, hist, cat, cap=3)
+
+
+def test_impression_set_histories_are_right_aligned_and_capped() -> None:
+    _, data = _set()
+    assert data.impression_ids == ["x", "y", "z"]
+    assert data.history.tolist() == [[-1, -1, -1], [-1, -1, 2], [1, 2, 3]]  # newest last, cap 3
+    assert data.row_item.tolist() == [0, 1, 2, 0, 3, 1]
+    assert data.row_impression.tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_softmax_examples_use_negatives_of_the_same_impression() -> None:
+    _, data = _set()
+    ex = sample_examples(data, "softmax", 5, np.random.default_rng(0))
+    # Only impression x has both labels: one positive (a) against negatives drawn from {b, c}.
+    assert ex.impression.tolist() == [0]
+    assert ex.candidates[0, 0] == 0 and set(ex.candidates[0, 1:].tolist()) <= {1, 2}
+    assert ex.labels[0].tolist() == [1, 0, 0, 0, 0, 0]
+    bce = sample_examples(data, "bce", 5, np.random.default_rng(0))
+    assert len(bce) == 6 and bce.labels[:, 0].tolist() == [1, 0, 0, 1, 1, 0]

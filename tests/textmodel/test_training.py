@@ -1,0 +1,115 @@
+"""Every PEFT method trains, saves and loads back to identical scores; the layer cache changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from textmodel.artifact import embedding_table, load_text_model, save_text_model
+from textmodel.backbone import load_backbone
+from textmodel.model import build_text_model
+from textmodel.peft_methods import PEFT_METHODS
+from textmodel.scoring import TextScorer, score_rows, scored_frame
+from textmodel.train import ClickTrainer
+
+
+def auc_of(frame) -> float:
+    from ranker.metrics import per_group_metrics, summarize
+
+    return summarize(per_group_metrics(frame))["auc"]
+
+
+def trained(cfg, catalogue, sets, method: str):
+    cfg = cfg.model_copy(deep=True)
+    cfg.textmodel.peft.method = method
+    backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
+    model, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"), total_steps=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    encoder.build_cache(progress=False)
+    result = ClickTrainer(model, encoder, cfg.textmodel.train, torch.device("cpu"), auc_of).fit(
+        sets["train"], sets["val"], progress=False
+    )
+    return cfg, backbone, model, encoder, before, result
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -> None:
+    cfg, catalogue, sets = tiny_data
+    cfg, backbone, model, encoder, before, result = trained(cfg, catalogue, sets, method)
+    assert result.steps > 0 and all(np.isfinite(e.train_loss) for e in result.epochs[1:])
+    assert 0.0 <= result.best_val_metric <= 1.0
+    adapters = {n for n in before if "proj" not in n and "users" not in n and "log_scale" not in n}
+    assert adapters, "the method added no trainable backbone weights"
+    if result.best_epoch > 0:  # training moved the adapters (the best state is restored at the end)
+        assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in adapters)
+    memory = encoder.encode_all()
+    scores = score_rows(model, memory, sets["test"])
+    folder = save_text_model(
+        tmp_path / "tm",
+        model,
+        cfg.textmodel,
+        backbone.identity,
+        embedding_table(catalogue.item_ids, memory),
+        {"history_cap": cfg.data.history_cap},
+    )
+    loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
+    reloaded_memory = torch.from_numpy(loaded.table["vector"].to_numpy())
+    np.testing.assert_array_equal(score_rows(loaded.model, reloaded_memory, sets["test"]), scores)
+    # The loaded model re-encodes items from text to the same vectors (a fresh, uncached path).
+    fresh = TextScorer(loaded, torch.device("cpu")).encode_texts(catalogue.texts[:20])
+    torch.testing.assert_close(fresh, memory[:20], atol=1e-5, rtol=0)
+
+
+def test_cached_path_equals_uncached_path(tiny_data) -> None:
+    """Tolerance 1e-5 (float32): the cache holds exactly the tensors the lower layers produce."""
+    cfg, catalogue, sets = tiny_data
+    cfg, _, model, encoder, _, _ = trained(cfg, catalogue, sets, "lora")
+    model.eval()
+    index = torch.arange(len(catalogue.item_ids))
+    with torch.no_grad():
+        cached = encoder.encode(index)
+        cache, encoder.cache = encoder.cache, None
+        uncached = encoder.encode(index)
+        encoder.cache = cache
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=0)
+    # And a full training loss step agrees with and without the cache.
+    from textmodel.data import batches, sample_examples
+
+    rng = np.random.default_rng(0)
+    batch = next(batches(sets["train"], sample_examples(sets["train"], "softmax", 3, rng), 8, rng, 1))
+    trainer = ClickTrainer(model, encoder, cfg.textmodel.train, torch.device("cpu"), auc_of)
+    memory = encoder.encode_all()
+    with torch.no_grad():
+        with_cache = trainer.loss(batch, memory)
+        encoder.cache = None
+        without = trainer.loss(batch, memory)
+    assert abs(float(with_cache) - float(without)) < 1e-5
+
+
+def test_scorer_matches_bulk_scores_and_encodes_unknown_items(tiny_data, tmp_path: Path) -> None:
+    cfg, catalogue, sets = tiny_data
+    cfg, backbone, model, encoder, _, _ = trained(cfg, catalogue, sets, "lora")
+    memory = encoder.encode_all()
+    folder = save_text_model(
+        tmp_path / "tm",
+        model,
+        cfg.textmodel,
+        backbone.identity,
+        embedding_table(catalogue.item_ids, memory),
+        {"history_cap": cfg.data.history_cap},
+    )
+    scorer = TextScorer(load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu")), torch.device("cpu"))
+    test = sets["test"]
+    bulk = scored_frame(test, score_rows(model, memory, test))
+    first = test.impression_ids[0]
+    rows = bulk.filter(bulk["impression_id"] == first)
+    history = [catalogue.item_ids[i] for i in test.history[0] if i >= 0]
+    online = scorer.scores(history, rows["item_id"].to_list())
+    np.testing.assert_allclose(online, rows["score"].to_numpy(), atol=1e-5)
+    new = scorer.scores(history, ["brand-new"], {"brand-new": "The bold story of sports"})
+    assert new.shape == (1,) and np.isfinite(new).all()
+    with pytest.raises(KeyError, match="'nope' is not in the embedding table and has no text"):
+        scorer.scores(history, ["nope"])

@@ -1,0 +1,176 @@
+"""Training and scoring data for the text model, in index form, and typed batches.
+
+Items are referred to by their index in the catalogue; an :class:`ImpressionSet` holds one split's
+impressions (their histories) and shown rows (item, label); :func:`sample_examples` draws an epoch's
+examples from it and :func:`batches` cuts them into :class:`Batch` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+
+class TextDataError(ValueError):
+    """The data cannot feed the text model; the message names the table and column."""
+
+
+@dataclass
+class Catalogue:
+    """Catalogue items in a fixed order: ``item_ids[i]`` has text ``texts[i]``."""
+
+    item_ids: list[str]
+    texts: list[str]
+
+    @classmethod
+    def from_items(cls, items: pl.DataFrame, fields: Sequence[str]) -> Catalogue:
+        """Texts are the non-empty ``fields`` joined with ". " (``title. body``)."""
+        missing = [f for f in fields if f not in items.columns]
+        if missing:
+            raise TextDataError(f"items: column {missing[0]!r} missing (textmodel.text_fields = {list(fields)})")
+        items = items.sort("item_id")
+        parts = [pl.col(f).fill_null("").str.strip_chars() for f in fields]
+        texts = items.select(pl.concat_list(parts).list.eval(pl.element().filter(pl.element() != "")).list.join(". "))
+        texts = texts.to_series().to_list()
+        empty = [items["item_id"][i] for i, t in enumerate(texts) if not t]
+        if empty:
+            raise TextDataError(
+                f"items: {len(empty)} item(s) have no text in {list(fields)}, e.g. {empty[0]!r}: "
+                "the text model needs item text"
+            )
+        return cls(item_ids=items["item_id"].to_list(), texts=texts)
+
+    def index_of(self, ids: pl.Series) -> np.ndarray:
+        lookup = pl.DataFrame({"item_id": self.item_ids, "_idx": np.arange(len(self.item_ids))})
+        out = pl.DataFrame({"item_id": ids}).join(lookup, on="item_id", how="left", maintain_order="left")["_idx"]
+        if out.null_count():
+            raise TextDataError(f"{out.null_count()} item id(s) not in the catalogue, e.g. {ids[out.is_null()][0]!r}")
+        return out.to_numpy().astype(np.int64)
+
+
+@dataclass
+class ImpressionSet:
+    """One split's impressions as arrays: histories (M, cap) padded with -1; rows (item, impression, label)."""
+
+    impression_ids: list[str]
+    history: np.ndarray  # (M, cap) int64 item indices, -1 = padding, newest last
+    row_item: np.ndarray  # (R,) item index of each shown row
+    row_impression: np.ndarray  # (R,) impression index of each row
+    row_label: np.ndarray  # (R,) 0/1
+    row_keys: pl.DataFrame  # (R,) impression_id, item_id: to write scores back
+
+    @classmethod
+    def build(cls, rows: pl.DataFrame, histories: pl.DataFrame, catalogue: Catalogue, cap: int) -> ImpressionSet:
+        """``rows``: impression_id, item_id, clicked (one split); ``histories``: impression_id, history."""
+        rows = rows.sort("impression_id", maintain_order=True)
+        imps = rows.select("impression_id").unique(maintain_order=True)
+        hist = imps.join(
+            histories.select("impression_id", "history"), on="impression_id", how="left", maintain_order="left"
+        )
+        if hist["history"].null_count():
+            raise TextDataError("histories: some impressions have no history row")
+        hist = hist.with_columns(pl.col("history").list.tail(cap))  # newest ``cap`` only
+        history = np.full((imps.height, cap), -1, dtype=np.int64)
+        flat = hist["history"].explode().drop_nulls()
+        lengths = hist["history"].list.len().to_numpy()
+        if len(flat):
+            idx = catalogue.index_of(flat)
+            row_of = np.repeat(np.arange(imps.height), lengths)
+            col_of = np.concatenate([np.arange(cap - n, cap) for n in lengths if n]) if lengths.any() else []
+            history[row_of, col_of] = idx  # right-aligned: newest last
+        imp_index = imps.with_row_index("_m")
+        keyed = rows.join(imp_index, on="impression_id", how="left", maintain_order="left")
+        return cls(
+            impression_ids=imps["impression_id"].to_list(),
+            history=history,
+            row_item=catalogue.index_of(rows["item_id"]),
+            row_impression=keyed["_m"].to_numpy().astype(np.int64),
+            row_label=rows["clicked"].to_numpy().astype(np.int64),
+            row_keys=rows.select("impression_id", "item_id"),
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_item)
+
+
+@dataclass
+class Batch:
+    """``history`` (B, cap) item indices (-1 pad); ``candidates`` (B, C); ``labels`` (B, C) float.
+
+    softmax: candidate 0 is the clicked item, the rest unclicked; bce: one candidate with its label.
+    """
+
+    history: torch.Tensor
+    candidates: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.history.to(device), self.candidates.to(device), self.labels.to(device))
+
+
+@dataclass
+class Examples:
+    impression: np.ndarray  # (E,)
+    candidates: np.ndarray  # (E, C)
+    labels: np.ndarray  # (E, C)
+
+    def __len__(self) -> int:
+        return len(self.impression)
+
+
+def sample_examples(data: ImpressionSet, objective: str, negatives: int, rng: np.random.Generator) -> Examples:
+    """One epoch's examples. softmax: every clicked row with ``negatives`` unclicked rows of its impression
+    drawn with replacement (impressions without both labels give none); bce: every row."""
+    if objective == "bce":
+        return Examples(data.row_impression, data.row_item[:, None], data.row_label[:, None].astype(np.float32))
+    order = np.lexsort((data.row_label, data.row_impression))  # by impression, negatives first
+    imp, item, lab = data.row_impression[order], data.row_item[order], data.row_label[order]
+    m = len(data.impression_ids)
+    neg_count = np.bincount(imp[lab == 0], minlength=m)
+    first = np.searchsorted(imp, np.arange(m))  # each impression's negatives start here
+    positives = np.flatnonzero((lab == 1) & (neg_count[imp] > 0))
+    if len(positives) == 0:
+        raise TextDataError("no impression has both a clicked and an unclicked item: nothing to train on")
+    p_imp = imp[positives]
+    draws = first[p_imp][:, None] + (rng.random((len(positives), negatives)) * neg_count[p_imp][:, None]).astype(
+        np.int64
+    )
+    candidates = np.concatenate([item[positives][:, None], item[draws]], axis=1)
+    labels = np.zeros(candidates.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    return Examples(p_imp, candidates, labels)
+
+
+def batches(
+    data: ImpressionSet, examples: Examples, batch_size: int, rng: np.random.Generator, max_steps: int | None
+) -> Iterator[Batch]:
+    """Shuffled batches of ``examples`` (at most ``max_steps`` of them)."""
+    order = rng.permutation(len(examples))
+    if max_steps is not None:
+        order = order[: max_steps * batch_size]
+    for start in range(0, len(order), batch_size):
+        pick = order[start : start + batch_size]
+        yield Batch(
+            history=torch.from_numpy(data.history[examples.impression[pick]]),
+            candidates=torch.from_numpy(examples.candidates[pick]),
+            labels=torch.from_numpy(examples.labels[pick]),
+        )
+
+
+def load_sets(
+    items: pl.DataFrame, features: pl.DataFrame, histories: pl.DataFrame, fields: Sequence[str], cap: int
+) -> tuple[Catalogue, dict[str, ImpressionSet]]:
+    """The catalogue and one :class:`ImpressionSet` per split of the feature table."""
+    catalogue = Catalogue.from_items(items, fields)
+    sets = {}
+    for split in ("train", "val", "test"):
+        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked")
+        if rows.height == 0:
+            raise TextDataError(f"features: no rows in the {split} split")
+        sets[split] = ImpressionSet.build(rows, histories, catalogue, cap)
+    return catalogue, sets

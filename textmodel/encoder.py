@@ -1,0 +1,122 @@
+"""Item encoding on small machines: tokenize once, cache the frozen lower layers once per item, and run
+only the adapted top layers per step, in length buckets.
+
+A catalogue's items are tokenized up front (truncated to ``max_tokens``). :meth:`ItemEncoder.build_cache`
+runs the frozen lower layers over every item once and keeps their hidden states (``(N, T, H)``, padded);
+a training step then gathers the states of the step's *unique* items and runs the top layers on them.
+Batches are cut by a token budget after sorting by length, since titles run from 5 to 70 tokens and
+padding a batch to its longest item would waste most of the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from textmodel.towers import ItemTower
+
+
+@dataclass
+class Tokenized:
+    """A catalogue's token ids, right-padded to the longest item: ``ids`` (N, T), ``lengths`` (N,)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def from_texts(cls, tokenizer, texts: Sequence[str], max_tokens: int) -> Tokenized:
+        if not texts:
+            raise ValueError("no item texts to encode")
+        enc = tokenizer(list(texts), truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
+        lengths = enc["attention_mask"].sum(dim=1)
+        if int(lengths.min()) == 0:
+            bad = int((lengths == 0).nonzero()[0, 0])
+            raise ValueError(f"item text {bad} tokenizes to nothing: {texts[bad]!r}")
+        return cls(ids=enc["input_ids"], lengths=lengths)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+def length_buckets(lengths: torch.Tensor, token_budget: int) -> Iterator[torch.Tensor]:
+    """Positions into ``lengths`` grouped so that (items x longest length) stays within ``token_budget``."""
+    order = torch.argsort(lengths, stable=True)
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end - start + 1) * int(lengths[order[end]]) <= token_budget:
+            end += 1
+        yield order[start:end]
+        start = end
+
+
+class ItemEncoder:
+    """Encodes catalogue items (by index) with an :class:`ItemTower`, through the lower-layer cache."""
+
+    def __init__(self, tower: ItemTower, tokens: Tokenized, token_budget: int, device: torch.device) -> None:
+        self.tower = tower
+        self.tokens = tokens
+        self.token_budget = token_budget
+        self.device = device
+        self.cache: torch.Tensor | None = None  # (N, T, H) lower-layer states, on ``device``
+
+    def _mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        return (torch.arange(width)[None, :] < lengths[:, None]).long().to(self.device)
+
+    def lower_states(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower-layer states and mask for items ``index`` (from the cache when built): (B, T, H), (B, T)."""
+        lengths = self.tokens.lengths[index]
+        width = int(lengths.max())
+        mask = self._mask(lengths, width)
+        if self.cache is not None:
+            return self.cache[index.to(self.device), :width], mask
+        ids = self.tokens.ids[index, :width].to(self.device)
+        return self.tower.backbone.lower(ids, mask), mask
+
+    @torch.no_grad()
+    def build_cache(self, progress: bool = True) -> None:
+        """Run the frozen lower layers over every item once (the top layers are what training changes)."""
+        self.cache = None
+        n, width = self.tokens.ids.shape
+        chunks = []
+        order = []
+        for bucket in tqdm(
+            list(length_buckets(self.tokens.lengths, self.token_budget)),
+            desc="cache lower layers",
+            disable=None if progress else True,
+            leave=False,
+        ):
+            states, _ = self.lower_states(bucket)
+            padded = torch.zeros(len(bucket), width, states.shape[-1], dtype=states.dtype, device=self.device)
+            padded[:, : states.shape[1]] = states
+            chunks.append(padded)
+            order.append(bucket)
+        cache = torch.cat(chunks)
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[torch.cat(order)] = torch.arange(n)
+        self.cache = cache[inverse.to(self.device)]
+
+    def encode(self, index: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Vectors of items ``index`` in that order: (B, dim). Gradients flow into the adapters and the
+        projection unless called under ``torch.no_grad()``."""
+        buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
+        vectors = []
+        for bucket in tqdm(buckets, desc="encode items", disable=None if progress else True, leave=False):
+            states, mask = self.lower_states(index[bucket])
+            vectors.append(self.tower(states, mask))
+        return _scatter(torch.cat(buckets).to(self.device), torch.cat(vectors))
+
+    @torch.no_grad()
+    def encode_all(self, progress: bool = False) -> torch.Tensor:
+        """Vectors of every catalogue item, without gradients: (N, dim)."""
+        return self.encode(torch.arange(len(self.tokens)), progress=progress)
+
+
+def _scatter(positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Put ``vectors`` back in input order, differentiably: out[positions[i]] = vectors[i]."""
+    inverse = torch.empty_like(positions)
+    inverse[positions] = torch.arange(len(positions), device=positions.device)
+    return vectors[inverse]

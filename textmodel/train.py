@@ -1,0 +1,155 @@
+"""Click-label training of the text model. The trainer owns the loss; the model has none.
+
+Per step: the step's unique candidate items run through the adapted top layers (gradients), the
+histories read item vectors from a memory refreshed once per epoch (no gradients), the user tower
+pools them, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or
+pointwise BCE. Validation AUC is computed after each epoch by a metric function handed in by the
+caller (the metrics live in ``ranker``; this package does not import it), with early stopping on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from conf import TrainConfig
+from textmodel.data import Batch, ImpressionSet, batches, sample_examples
+from textmodel.encoder import ItemEncoder
+from textmodel.peft_methods import step_hook
+from textmodel.scoring import score_rows, scored_frame
+from textmodel.towers import TextModel
+
+ValMetric = Callable[[pl.DataFrame], float]  # frame of impression_id, clicked, score -> a number (higher is better)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_metric: float
+    seconds: float
+    steps: int
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_metric: float = float("nan")
+    steps: int = 0
+    seconds_per_step: float = float("nan")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "epochs": [e.__dict__ for e in self.epochs],
+            "best_epoch": self.best_epoch,
+            "best_val_metric": self.best_val_metric,
+            "steps": self.steps,
+            "seconds_per_step": self.seconds_per_step,
+        }
+
+
+class ClickTrainer:
+    """Trains a :class:`TextModel` on click labels (the loss and the optimisation live here)."""
+
+    def __init__(
+        self, model: TextModel, encoder: ItemEncoder, cfg: TrainConfig, device: torch.device, val_metric: ValMetric
+    ) -> None:
+        self.model, self.encoder, self.cfg, self.device, self.val_metric = model, encoder, cfg, device, val_metric
+        self.bias = nn.Parameter(torch.zeros((), device=device))  # BCE only: calibrates the score offset
+        self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
+
+    def loss(self, batch: Batch, memory: torch.Tensor) -> torch.Tensor:
+        unique, inverse = torch.unique(batch.candidates, return_inverse=True)  # each item encoded once per step
+        items = self.encoder.encode(unique)[inverse]  # (B, C, dim)
+        history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient: refreshed per epoch
+        users = self.model.users(history, batch.history >= 0)  # (B, dim)
+        scores = self.model.score(users, items)  # (B, C)
+        if self.cfg.objective == "softmax":
+            return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+        return F.binary_cross_entropy_with_logits(scores + self.bias, batch.labels)
+
+    def _context(self) -> contextlib.AbstractContextManager:
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> float:
+        return self.val_metric(scored_frame(data, score_rows(self.model, memory, data)))
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def fit(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        n_examples = len(sample_examples(train, cfg.objective, cfg.negatives, np.random.default_rng(cfg.seed)))
+        steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
+        if cfg.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        total = steps_per_epoch * cfg.epochs
+        params = [
+            {"params": self.model.adapter_parameters(), "lr": cfg.lr},
+            {"params": [*self.model.tower_parameters(), self.bias], "lr": cfg.head_lr},
+        ]
+        optimizer = torch.optim.AdamW([g for g in params if g["params"]], weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(total, 1)),
+        )
+        self.model.eval()
+        memory = self.encoder.encode_all(progress=progress)
+        result = TrainResult()
+        best_state, best, stale, step, step_seconds = self._trainable_state(), self.evaluate(val, memory), 0, 0, 0.0
+        result.epochs.append(EpochLog(0, float("nan"), best, 0.0, 0))
+        for epoch in range(1, cfg.epochs + 1):
+            start, losses = time.perf_counter(), []
+            self.model.train()
+            examples = sample_examples(train, cfg.objective, cfg.negatives, rng)
+            bar = tqdm(
+                batches(train, examples, cfg.batch_size, rng, cfg.max_steps_per_epoch),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=None if progress else True,
+                leave=False,
+            )
+            for batch in bar:
+                t0 = time.perf_counter()
+                with self._context():
+                    loss = self.loss(batch.to(self.device), memory)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                step_hook(self.model.items.backbone.upper_model, step)
+                optimizer.zero_grad(set_to_none=True)
+                step_seconds += time.perf_counter() - t0
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            self.model.eval()
+            memory = self.encoder.encode_all(progress=progress)
+            metric = self.evaluate(val, memory)
+            result.epochs.append(
+                EpochLog(epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses))
+            )
+            if metric > best:
+                best, best_state, stale, result.best_epoch = metric, self._trainable_state(), 0, epoch
+            else:
+                stale += 1
+                if stale > cfg.patience:
+                    break
+        self.model.load_state_dict(best_state, strict=False)
+        result.best_val_metric, result.steps = best, step
+        result.seconds_per_step = step_seconds / max(step, 1)
+        return result
