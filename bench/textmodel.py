@@ -153,13 +153,33 @@ def _untrained_cosine(cfg: Config) -> pl.DataFrame:
     return pl.concat(out)
 
 
-def bench_quality(cfg: Config, overrides: list[str], config_path: Path) -> dict[str, object]:
-    from offline.textmodel_stage import INTEREST_FILE, train_textmodel
+def bench_quality(cfg: Config, overrides: list[str], config_path: Path, reuse_fine_tuned: bool) -> dict[str, object]:
+    """Train the frozen-vector projection (and the fine-tuned model unless ``reuse_fine_tuned``: then the
+    model already in ``DIR/textmodel`` is the fine-tuned one) and compare every system on val and test."""
+    import shutil
+    import tempfile
+
+    from offline.textmodel_stage import INTEREST_FILE, TEXTMODEL_DIR, train_textmodel
 
     d = Path(cfg.data.dir)
     results: dict[str, object] = {}
-    runs = {"frozen_projection": ["textmodel.trainable_top_layers=0", "textmodel.pooling=mean"], "fine_tuned": []}
     frames = {}
+    backup = Path(tempfile.mkdtemp(prefix="bench-textmodel-"))
+    if reuse_fine_tuned:
+        shutil.copytree(d / TEXTMODEL_DIR, backup / TEXTMODEL_DIR)
+        shutil.copy2(d / INTEREST_FILE, backup / INTEREST_FILE)
+        meta = json.loads((d / TEXTMODEL_DIR / "textmodel.json").read_text())
+        results["fine_tuned_train"] = {
+            "seconds": meta["total_seconds"],
+            "epochs": meta["train"]["epochs"],
+            "seconds_per_step": meta["train"]["seconds_per_step"],
+            "config": meta["config"],
+            "reused": True,
+        }
+        frames["fine_tuned"] = pl.read_parquet(d / INTEREST_FILE).rename({"interest_score": "fine_tuned"})
+    runs = {"frozen_projection": ["textmodel.trainable_top_layers=0", "textmodel.pooling=mean"]}
+    if not reuse_fine_tuned:
+        runs["fine_tuned"] = []
     for name, extra in runs.items():
         run_cfg = load_config(config_path, [*overrides, *extra])
         summary = train_textmodel(run_cfg)
@@ -169,6 +189,11 @@ def bench_quality(cfg: Config, overrides: list[str], config_path: Path) -> dict[
             "seconds_per_step": summary["train"]["seconds_per_step"],
         }
         frames[name] = pl.read_parquet(d / INTEREST_FILE).rename({"interest_score": name})
+    if reuse_fine_tuned:  # put the fine-tuned model back where the pipeline expects it
+        shutil.rmtree(d / TEXTMODEL_DIR)
+        shutil.copytree(backup / TEXTMODEL_DIR, d / TEXTMODEL_DIR)
+        shutil.copy2(backup / INTEREST_FILE, d / INTEREST_FILE)
+    shutil.rmtree(backup, ignore_errors=True)
     feats = read_features(d).collect()
     frame = feats.select("impression_id", "item_id", "clicked", "split", "item_ctr_smoothed", "item_impressions_before")
     for f in [*frames.values(), _untrained_cosine(cfg)]:
@@ -195,6 +220,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=512, help="items for the encoding benchmark")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/textmodel.json")
+    parser.add_argument(
+        "--reuse-fine-tuned",
+        action="store_true",
+        help="take the fine-tuned model from DIR/textmodel instead of training it again",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     overrides = [f"data.dir={ROOT / 'data/ml100k'}", *args.overrides]
@@ -220,7 +250,7 @@ def main() -> None:
             f"cache build {r['cache_build_s']:.0f} s for {r['items']} items"
         )
     if "quality" in parts:
-        r = results["quality"] = bench_quality(cfg, overrides, args.config)
+        r = results["quality"] = bench_quality(cfg, overrides, args.config, args.reuse_fine_tuned)
         print("\n(c) impression-mean AUC / nDCG@10 on ml100k")
         print(f"{'system':<20}{'val AUC':>9}{'val nDCG@10':>13}{'test AUC':>10}{'test nDCG@10':>14}")
         for name in r["test"]:

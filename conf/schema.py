@@ -119,12 +119,17 @@ class TrainConfig(_Strict):
     )
     negatives: int = Field(gt=0, description="Unclicked items per positive for softmax (sampled with replacement).")
     batch_size: int = Field(gt=0, description="Training examples per step.")
-    epochs: int = Field(gt=0, description="Maximum epochs (early stopping may end sooner).")
+    epochs: int = Field(gt=0, description="Maximum fine-tuning epochs (early stopping may end sooner).")
+    probe_epochs: int = Field(
+        ge=0,
+        description="Head-only epochs first, over cached pooled vectors (linear probing, then fine-tuning): cheap, "
+        "and the adapters then start from a trained head. With trainable_top_layers=0 all epochs are probe epochs.",
+    )
     max_steps_per_epoch: int | None = Field(
         description="Cap on steps per epoch (a random subset of examples each epoch); null = all examples."
     )
-    lr: float = Field(gt=0, description="AdamW learning rate of the adapter weights.")
-    head_lr: float = Field(gt=0, description="AdamW learning rate of the towers (projection, user attention).")
+    lr: float = Field(gt=0, description="AdamW learning rate of the fine-tuning phase (adapters and towers).")
+    head_lr: float = Field(gt=0, description="AdamW learning rate of the towers in the probe phase.")
     weight_decay: float = Field(ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(ge=0, description="Linear warm-up steps before the linear decay.")
     grad_clip: float = Field(gt=0, description="Gradient norm clipping.")
@@ -159,6 +164,53 @@ class TextModelConfig(_Strict):
     train: TrainConfig
 
 
+class LightGBMParams(_Strict):
+    """LambdaRank hyper-parameters (LightGBM names). Lists in ``RankerConfig.tune`` override these."""
+
+    n_estimators: int = Field(gt=0, description="Maximum boosting rounds (early stopping picks fewer).")
+    learning_rate: float = Field(gt=0, description="Shrinkage per round.")
+    num_leaves: int = Field(gt=1, description="Leaves per tree.")
+    min_child_samples: int = Field(gt=0, description="Minimum rows per leaf.")
+    colsample_bytree: float = Field(gt=0, le=1, description="Feature fraction per tree.")
+    subsample: float = Field(gt=0, le=1, description="Row fraction per tree (bagging).")
+    reg_lambda: float = Field(ge=0, description="L2 regularisation.")
+    lambdarank_truncation_level: int = Field(gt=0, description="Positions that contribute to the lambda gradients.")
+
+
+class RankerConfig(_Strict):
+    """The LightGBM LambdaRank ranker over behavioural features and the interest score."""
+
+    train_split: Literal["train", "val"] = Field(
+        description="Split the ranker fits on; early stopping and tuning always use the validation split."
+    )
+    use_text: bool = Field(description="Include the text model's interest score (and its rank) as features.")
+    exclude_features: list[str] = Field(description="Behavioural features left out of the ranker.")
+    categorical_features: list[Literal["category"]] = Field(description="Item fields passed as categorical features.")
+    early_stopping_rounds: int = Field(gt=0, description="Rounds without validation nDCG@10 gain before stopping.")
+    max_group_rows: int = Field(
+        gt=1, le=10000, description="LightGBM's per-query row limit: longer impressions are cut into chunks."
+    )
+    seed: int = Field(description="Seed of LightGBM's sampling.")
+    params: LightGBMParams
+    tune: dict[str, list[float]] = Field(
+        description="Grid over LightGBM params, picked by validation nDCG@10 (empty = no tuning)."
+    )
+
+
+class MlflowConfig(_Strict):
+    """Tracking, registry and promotion."""
+
+    tracking_uri: str | None = Field(
+        description="null: SQLite + local artifacts under data.dir/mlflow. MLFLOW_TRACKING_URI, when set, wins."
+    )
+    experiment: str = Field(description="Experiment that training runs are logged to.")
+    model_prefix: str = Field(description="Registered models are <prefix>-textmodel and <prefix>-ranker.")
+    promotion_metric: Literal["ndcg_at_10", "auc", "mrr", "ndcg_at_5"] = Field(
+        description="Test metric a challenger must win on to become champion."
+    )
+    promotion_margin: float = Field(ge=0, description="Required gain of the challenger over the champion.")
+
+
 class Config(_Strict):
     """The whole configuration of one recrank run."""
 
@@ -167,3 +219,5 @@ class Config(_Strict):
     features: FeaturesConfig
     evaluation: EvaluationConfig
     textmodel: TextModelConfig
+    ranker: RankerConfig
+    mlflow: MlflowConfig

@@ -98,7 +98,7 @@ class OnlineSnapshot:
     """The latest state of every user and item, just after the last event; what serving reads."""
 
     as_of: datetime
-    users: pl.DataFrame  # user_id, user_impressions_before, user_clicks_before, user_last_click_ts
+    users: pl.DataFrame  # user_id, user_impressions_before, user_clicks_before, user_last_click_ts[, history]
     items: pl.DataFrame  # item_id, category, published_at, item_* counts
     user_categories: pl.DataFrame  # user_id, category, user_category_clicks_before
     global_impressions: int
@@ -246,27 +246,35 @@ def online_rows(
     item_ids: Sequence[str],
     ts: datetime,
     spec: FeatureSpec,
+    new_items: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Feature rows for one request (candidates in the given order) from the snapshot, via :func:`derive`.
 
-    Unknown users and items get zero counts (cold start); the position is the candidate's index.
+    Unknown users and items get zero counts (cold start); ``new_items`` (item_id, category, published_at)
+    describes candidates the snapshot does not know. The position is the candidate's index.
+    Returns ``item_id``, ``category`` and the feature columns.
     """
     n = len(item_ids)
-    request = pl.LazyFrame(
-        {
-            "item_id": list(item_ids),
-            "position": pl.Series(range(n), dtype=pl.Int32),
-        }
-    ).with_columns(
+    request = pl.LazyFrame({"item_id": list(item_ids), "position": pl.Series(range(n), dtype=pl.Int32)}).with_columns(
         pl.lit(user_id).alias("user_id"),
-        pl.lit(ts).cast(snapshot.users.schema.get("user_last_click_ts", pl.Datetime("us", "UTC"))).alias(TS),
+        pl.lit(ts).cast(pl.Datetime("us", "UTC")).alias(TS),
         pl.lit(n, dtype=pl.Int32).alias("impression_size"),
     )
+    catalogue = snapshot.items.lazy().filter(pl.col("item_id").is_in(list(item_ids)))
+    if new_items is not None and new_items.height:
+        fresh = new_items.select("item_id", "category", pl.col("published_at").cast(pl.Datetime("us", "UTC")))
+        catalogue = pl.concat([catalogue, fresh.lazy()], how="diagonal_relaxed").unique("item_id", keep="first")
     counts = [c for c in snapshot.items.columns if c.startswith("item_") and c != "item_id"]
+    users = snapshot.users.lazy().filter(pl.col("user_id") == user_id).drop("history", strict=False)
     frame = (
-        request.join(snapshot.items.lazy(), on="item_id", how="left", maintain_order="left")
-        .join(snapshot.users.lazy(), on="user_id", how="left", maintain_order="left")
-        .join(snapshot.user_categories.lazy(), on=["user_id", "category"], how="left", maintain_order="left")
+        request.join(catalogue, on="item_id", how="left", maintain_order="left")
+        .join(users, on="user_id", how="left", maintain_order="left")
+        .join(
+            snapshot.user_categories.lazy().filter(pl.col("user_id") == user_id),
+            on=["user_id", "category"],
+            how="left",
+            maintain_order="left",
+        )
         .with_columns(
             *[pl.col(c).fill_null(0) for c in counts],
             pl.col("user_impressions_before").fill_null(0),
@@ -275,4 +283,4 @@ def online_rows(
             pl.lit(snapshot.global_clicks).alias("global_clicks_before"),
         )
     )
-    return derive(frame, spec).select("item_id", *spec.feature_columns).collect()
+    return derive(frame, spec).select("item_id", "category", *spec.feature_columns).collect()

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from features.behaviour import FeatureSpec, OnlineSnapshot, build_offline_and_snapshot
+from features.history import histories
 from features.io import atomic_path
 from features.prepare import read_manifest
 from features.schema import read_impressions, read_items
@@ -35,6 +36,8 @@ def build_features(data_dir: str | Path, spec: FeatureSpec) -> dict[str, object]
     split = read_split(data_dir)
     fingerprint = read_manifest(data_dir).get("fingerprint")
     offline, snapshot = build_offline_and_snapshot(impressions, items, spec, split.expr())
+    # Serving needs each user's latest history too: the same history function, at the snapshot's counts.
+    snapshot.users = histories(impressions, snapshot.users.lazy(), spec.history_cap).collect()
     with atomic_path(data_dir / FEATURES_FILE) as tmp:
         frame = offline.collect()
         frame.write_parquet(tmp, compression="zstd", statistics=True)

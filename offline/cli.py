@@ -52,12 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data", type=Path, help="data folder (data.dir)")
     _common(te)
 
+    rk = sub.add_parser("ranker", help="the LambdaRank ranker").add_subparsers(dest="action", required=True)
+    rt = rk.add_parser("train", help="fit LambdaRank (tuned on validation) and write the evaluation report")
+    rt.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(rt)
+
+    reg = sub.add_parser("register", help="log and register the trained text model and ranker in MLflow")
+    reg.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(reg)
+    pro = sub.add_parser("promote", help="move champion to the newest ranker version if it wins on test")
+    pro.add_argument("--data", type=Path, help="data folder (data.dir)")
+    pro.add_argument("--force", action="store_true", help="promote even if the challenger does not win")
+    _common(pro)
+    rb = sub.add_parser("rollback", help="move champion back to the previous champion")
+    rb.add_argument("--data", type=Path, help="data folder (data.dir)")
+    _common(rb)
+
     ev = sub.add_parser("evaluate", help="evaluate systems on a split and write the report")
     ev.add_argument("--data", type=Path, help="data folder (data.dir)")
     ev.add_argument("--split", choices=["val", "test"], default="test")
     _common(ev)
 
-    pipe = sub.add_parser("pipeline", help="prepare -> features -> evaluate, end to end")
+    pipe = sub.add_parser(
+        "pipeline", help="prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote"
+    )
     pipe.add_argument("--data", type=Path, help="data folder (data.dir)")
     _common(pipe)
     return parser
@@ -96,11 +114,12 @@ def print_metrics(result) -> None:
 
 def print_training(summary: dict) -> None:
     table = Table(title=f"text model: {summary['model_dir']}")
-    for head in ("epoch", "train loss", "val AUC", "steps", "seconds"):
+    for head in ("epoch", "phase", "train loss", "val AUC", "steps", "seconds"):
         table.add_column(head)
     for e in summary["train"]["epochs"]:
         table.add_row(
-            str(e["epoch"]), f"{e['train_loss']:.4f}", f"{e['val_metric']:.4f}", str(e["steps"]), f"{e['seconds']:.1f}"
+            str(e["epoch"]), e.get("phase", ""), f"{e['train_loss']:.4f}", f"{e['val_metric']:.4f}", str(e["steps"]),
+            f"{e['seconds']:.1f}",
         )
     console.print(table)
     aucs = summary["impression_auc"]
@@ -138,31 +157,102 @@ def run(args: argparse.Namespace) -> int:
             print_training(summary)
         else:
             console.print_json(data=textmodel_stage.embed_textmodel(cfg))
-    elif args.command == "evaluate":
-        result, out = stages.evaluate_baselines(cfg, split=args.split)
+    elif args.command == "ranker":
+        from offline import ranker_stage
+
+        run = _timed("ranker", lambda: ranker_stage.train_ranker(cfg))
+        result, out = ranker_stage.evaluate_run(cfg, run)
         print_metrics(result)
         console.print(f"report: {out}/report.md")
-    elif args.command == "pipeline":
-        summary = stages.prepare(cfg)
-        console.print(
-            f"[green]✓[/green] prepare {summary.dataset}: {summary.impression_rows} rows, "
-            f"{summary.impressions} impressions, {summary.items} items, CTR {summary.ctr:.3f}"
-        )
-        _timed("features", lambda: stages.features(cfg))
-        result, out = _timed("evaluate", lambda: stages.evaluate_baselines(cfg))
+    elif args.command == "evaluate":
+        from offline import ranker_stage
+
+        if (Path(cfg.data.dir) / ranker_stage.RANKER_DIR / "ranker.json").is_file():
+            result, out = ranker_stage.evaluate_run(cfg, ranker_stage.load_ranker_run(cfg), split=args.split)
+        else:
+            result, out = stages.evaluate_baselines(cfg, split=args.split)
         print_metrics(result)
-        console.print(f"report: {out}/report.md, {out}/metrics.json")
+        console.print(f"report: {out}/report.md")
+    elif args.command == "register":
+        print_versions(cfg, register(cfg))
+    elif args.command == "promote":
+        from offline import registry
+
+        print_decision(registry.promote(cfg, force=args.force))
+    elif args.command == "rollback":
+        from offline import registry
+
+        print_decision(registry.rollback(cfg))
+    elif args.command == "pipeline":
+        run_pipeline(cfg)
     return 0
+
+
+def register(cfg, metrics: dict[str, float] | None = None) -> dict[str, str]:
+    from offline import ranker_stage, registry
+    from offline.textmodel_stage import model_dir
+    from offline.tracking import setup
+
+    setup(cfg)
+    run = ranker_stage.load_ranker_run(cfg)
+    if metrics is None:
+        result, _ = ranker_stage.evaluate_run(cfg, run)
+        metrics = result.systems["ranker"].metrics
+    text_version = registry.register_textmodel(cfg, model_dir(cfg)) if run.inputs.uses_text else None
+    ranker_version = registry.register_ranker(cfg, run, text_version, metrics)
+    return {"textmodel": text_version or "-", "ranker": ranker_version}
+
+
+def print_versions(cfg, versions: dict[str, str]) -> None:
+    from offline.tracking import ui_command
+
+    prefix = cfg.mlflow.model_prefix
+    console.print(
+        f"registered {prefix}-textmodel version {versions['textmodel']}, "
+        f"{prefix}-ranker version {versions['ranker']} (pins textmodel {versions['textmodel']})"
+    )
+    console.print(f"MLflow UI: {ui_command(cfg)}")
+
+
+def print_decision(decision) -> None:
+    verb = "[green]promoted[/green]" if decision.promoted else "[yellow]kept[/yellow]"
+    console.print(
+        f"{verb}: champion {decision.champion_before} -> {decision.champion_after} "
+        f"(challenger {decision.challenger}): {decision.reason}"
+    )
+
+
+def run_pipeline(cfg) -> None:
+    """prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote."""
+    from offline import ranker_stage, registry, stages, textmodel_stage
+
+    summary = stages.prepare(cfg)
+    console.print(
+        f"[green]✓[/green] prepare {summary.dataset}: {summary.impression_rows} rows, "
+        f"{summary.impressions} impressions, {summary.items} items, CTR {summary.ctr:.3f}"
+    )
+    _timed("features", lambda: stages.features(cfg))
+    if cfg.ranker.use_text:
+        console.print("[bold]textmodel[/bold] (progress bars on a terminal) ...")
+        print_training(textmodel_stage.train_textmodel(cfg))
+    run = _timed("ranker", lambda: ranker_stage.train_ranker(cfg))
+    result, out = _timed("evaluate", lambda: ranker_stage.evaluate_run(cfg, run))
+    print_metrics(result)
+    console.print(f"report: {out}/report.md, {out}/metrics.json")
+    versions = _timed("register", lambda: register(cfg, result.systems["ranker"].metrics))
+    print_versions(cfg, versions)
+    print_decision(_timed("promote", lambda: registry.promote(cfg)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from conf import ConfigError
     from features.schema import DataValidationError
+    from ranker.loading import ModelPairError
 
     try:
         return run(args)
-    except (ConfigError, DataValidationError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataValidationError, FileNotFoundError, ValueError, ModelPairError) as exc:
         err_console.print(f"recrank: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -110,6 +110,18 @@ class ItemEncoder:
         return _scatter(torch.cat(buckets).to(self.device), torch.cat(vectors))
 
     @torch.no_grad()
+    def pooled_all(self, progress: bool = False) -> torch.Tensor:
+        """Pooled top-layer outputs of every item, before the projection: (N, H). While the adapters are
+        fixed these do not change, so a head-only (probe) phase trains on them at almost no cost."""
+        index = torch.arange(len(self.tokens))
+        buckets = list(length_buckets(self.tokens.lengths, self.token_budget))
+        parts = []
+        for bucket in tqdm(buckets, desc="pool items", disable=None if progress else True, leave=False):
+            states, mask = self.lower_states(index[bucket])
+            parts.append(self.tower.pooled(states, mask))
+        return _scatter(torch.cat(buckets).to(self.device), torch.cat(parts))
+
+    @torch.no_grad()
     def encode_all(self, progress: bool = False) -> torch.Tensor:
         """Vectors of every catalogue item, without gradients: (N, dim)."""
         return self.encode(torch.arange(len(self.tokens)), progress=progress)

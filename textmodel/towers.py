@@ -37,10 +37,17 @@ class ItemTower(nn.Module):
         self.pooling = pooling
         self.proj = nn.Linear(hidden_size, dim)
 
-    def forward(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Top layers + pooling: (B, T, H), (B, T) -> (B, H)."""
         hidden = self.backbone.upper(lower_states, mask)  # (B, T, H)
-        pooled = pool(hidden, mask, self.pooling).float()  # (B, H)
-        return F.normalize(self.proj(pooled), dim=-1)  # (B, dim)
+        return pool(hidden, mask, self.pooling).float()
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Projection + L2 norm: (B, H) -> (B, dim)."""
+        return F.normalize(self.proj(pooled), dim=-1)
+
+    def forward(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(lower_states, mask))
 
 
 class UserTower(nn.Module):

@@ -39,6 +39,7 @@ class EpochLog:
     val_metric: float
     seconds: float
     steps: int
+    phase: str = "fine-tune"
 
 
 @dataclass
@@ -69,9 +70,13 @@ class ClickTrainer:
         self.bias = nn.Parameter(torch.zeros((), device=device))  # BCE only: calibrates the score offset
         self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
 
-    def loss(self, batch: Batch, memory: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of one batch; ``pooled`` (N, H) given: item vectors from the cached pooled states."""
         unique, inverse = torch.unique(batch.candidates, return_inverse=True)  # each item encoded once per step
-        items = self.encoder.encode(unique)[inverse]  # (B, C, dim)
+        if pooled is not None:
+            items = self.model.items.head(pooled[unique.to(pooled.device)])[inverse]  # (B, C, dim)
+        else:
+            items = self.encoder.encode(unique)[inverse]  # (B, C, dim)
         history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient: refreshed per epoch
         users = self.model.users(history, batch.history >= 0)  # (B, dim)
         scores = self.model.score(users, items)  # (B, C)
@@ -88,68 +93,122 @@ class ClickTrainer:
         return self.val_metric(scored_frame(data, score_rows(self.model, memory, data)))
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of every trainable weight (the best epoch's is restored at the end)."""
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def fit(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
+    def _phase(
+        self,
+        name: str,
+        epochs: int,
+        train: ImpressionSet,
+        val: ImpressionSet,
+        groups: list[dict],
+        pooled: torch.Tensor | None,
+        max_steps: int | None,
+        rng: np.random.Generator,
+        result: TrainResult,
+        progress: bool,
+    ) -> None:
+        """Run up to ``epochs`` epochs with early stopping; keeps ``result``'s best state up to date.
+
+        ``pooled`` set: a probe phase (item vectors = head(pooled), only the towers learn).
+        """
         cfg = self.cfg
-        rng = np.random.default_rng(cfg.seed)
+        groups = [g for g in groups if g["params"]]
+        if epochs == 0 or not groups:
+            return
         n_examples = len(sample_examples(train, cfg.objective, cfg.negatives, np.random.default_rng(cfg.seed)))
         steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
-        if cfg.max_steps_per_epoch is not None:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-        total = steps_per_epoch * cfg.epochs
-        params = [
-            {"params": self.model.adapter_parameters(), "lr": cfg.lr},
-            {"params": [*self.model.tower_parameters(), self.bias], "lr": cfg.head_lr},
-        ]
-        optimizer = torch.optim.AdamW([g for g in params if g["params"]], weight_decay=cfg.weight_decay)
+        if max_steps is not None:
+            steps_per_epoch = min(steps_per_epoch, max_steps)
+        total = steps_per_epoch * epochs
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(total, 1)),
+            optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(total, 1))
         )
-        self.model.eval()
-        memory = self.encoder.encode_all(progress=progress)
-        result = TrainResult()
-        best_state, best, stale, step, step_seconds = self._trainable_state(), self.evaluate(val, memory), 0, 0, 0.0
-        result.epochs.append(EpochLog(0, float("nan"), best, 0.0, 0))
-        for epoch in range(1, cfg.epochs + 1):
+        params = [p for g in groups for p in g["params"]]
+        stale = 0
+        for _ in range(epochs):
+            epoch = len(result.epochs)
             start, losses = time.perf_counter(), []
             self.model.train()
             examples = sample_examples(train, cfg.objective, cfg.negatives, rng)
             bar = tqdm(
-                batches(train, examples, cfg.batch_size, rng, cfg.max_steps_per_epoch),
+                batches(train, examples, cfg.batch_size, rng, max_steps),
                 total=steps_per_epoch,
-                desc=f"epoch {epoch}/{cfg.epochs}",
+                desc=f"{name} epoch {epoch}",
                 disable=None if progress else True,
                 leave=False,
             )
             for batch in bar:
                 t0 = time.perf_counter()
                 with self._context():
-                    loss = self.loss(batch.to(self.device), memory)
+                    loss = self.loss(batch.to(self.device), self._memory, pooled)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                step += 1
-                step_hook(self.model.items.backbone.upper_model, step)
+                result.steps += 1
+                if pooled is None:
+                    self._fine_steps += 1
+                    step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget
+                    self._fine_seconds += time.perf_counter() - t0
                 optimizer.zero_grad(set_to_none=True)
-                step_seconds += time.perf_counter() - t0
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             self.model.eval()
-            memory = self.encoder.encode_all(progress=progress)
-            metric = self.evaluate(val, memory)
+            self._memory = self._vectors(pooled, progress)
+            metric = self.evaluate(val, self._memory)
             result.epochs.append(
-                EpochLog(epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses))
+                EpochLog(epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses), name)
             )
-            if metric > best:
-                best, best_state, stale, result.best_epoch = metric, self._trainable_state(), 0, epoch
+            if metric > result.best_val_metric:
+                result.best_val_metric, result.best_epoch, stale = metric, epoch, 0
+                self._best_state = self._trainable_state()
             else:
                 stale += 1
                 if stale > cfg.patience:
                     break
-        self.model.load_state_dict(best_state, strict=False)
-        result.best_val_metric, result.steps = best, step
-        result.seconds_per_step = step_seconds / max(step, 1)
+        # The next phase (or the caller) starts from the best state so far.
+        self.model.load_state_dict(self._best_state, strict=False)
+        self._memory = self._vectors(pooled, progress)
+
+    def _vectors(self, pooled: torch.Tensor | None, progress: bool) -> torch.Tensor:
+        if pooled is not None:
+            with torch.no_grad():
+                return self.model.items.head(pooled)
+        return self.encoder.encode_all(progress=progress)
+
+    def fit(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
+        """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together."""
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        towers = {"params": [*self.model.tower_parameters(), self.bias], "lr": cfg.head_lr}
+        adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
+        frozen = self.model.items.backbone.upper_model is None or not adapters["params"]
+        self.model.eval()
+        pooled = self.encoder.pooled_all(progress=progress)
+        self._memory = self._vectors(pooled, progress)
+        result = TrainResult(best_val_metric=self.evaluate(val, self._memory))
+        result.epochs.append(EpochLog(0, float("nan"), result.best_val_metric, 0.0, 0, "init"))
+        self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
+        probe_epochs = cfg.epochs if frozen else cfg.probe_epochs
+        self._phase("probe", probe_epochs, train, val, [towers], pooled, None, rng, result, progress)
+        if not frozen:
+            del pooled
+            self._phase(
+                "fine-tune",
+                cfg.epochs,
+                train,
+                val,
+                # After probing, everything moves at the small fine-tuning rate: a large step on the head would
+                # undo what probing learned while the adapters are still near zero (LP-FT).
+                [adapters, {**towers, "lr": cfg.lr}],
+                None,
+                cfg.max_steps_per_epoch,
+                rng,
+                result,
+                progress,
+            )
+        result.seconds_per_step = self._fine_seconds / max(self._fine_steps, 1)
         return result

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -28,7 +26,7 @@ def test_smollm2_loads_offline_and_encodes_titles(tmp_path_factory, monkeypatch)
     assert again.identity.sha256 == backbone.identity.sha256
     cfg = load_config(None, [f"textmodel.cache_dir={cache}", "textmodel.train.device=cpu"])
     catalogue = Catalogue(item_ids=["1", "2", "50", "1-copy"], texts=TITLES)
-    model, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"))
+    _, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"))
     encoder.build_cache(progress=False)
     vectors = encoder.encode_all()
     assert vectors.shape == (4, cfg.textmodel.dim)
@@ -37,4 +35,3 @@ def test_smollm2_loads_offline_and_encodes_titles(tmp_path_factory, monkeypatch)
     assert float(vectors[0] @ vectors[1]) < 0.9999  # different titles differ
     encoder.cache = None
     torch.testing.assert_close(encoder.encode_all(), vectors, atol=1e-5, rtol=0)  # cache == no cache
-    assert isinstance(Path(backbone.folder), Path)

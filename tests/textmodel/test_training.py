@@ -43,7 +43,9 @@ def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -
     assert 0.0 <= result.best_val_metric <= 1.0
     adapters = {n for n in before if "proj" not in n and "users" not in n and "log_scale" not in n}
     assert adapters, "the method added no trainable backbone weights"
-    if result.best_epoch > 0:  # training moved the adapters (the best state is restored at the end)
+    assert [e.phase for e in result.epochs][:2] == ["init", "probe"]
+    assert any(e.phase == "fine-tune" for e in result.epochs)
+    if result.epochs[result.best_epoch].phase == "fine-tune":  # the restored best state has moved adapters
         assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in adapters)
     memory = encoder.encode_all()
     scores = score_rows(model, memory, sets["test"])

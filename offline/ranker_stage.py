@@ -1,0 +1,180 @@
+"""``recrank ranker train`` and ``recrank evaluate``: fit LambdaRank, compare every system on test.
+
+Systems on the same test impressions: random, popularity, smoothed item CTR, the interest score alone,
+a LightGBM over behavioural features only, and the combined ranker (scored through the ranking
+pipeline's own scoring function). Gains are reported against smoothed item CTR, the bar to beat.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import polars as pl
+
+from conf import Config
+from features import FeatureSpec, read_features, read_items, read_manifest, read_snapshot
+from features.io import atomic_path
+from offline.report import REPORT_DIR, write_report
+from offline.textmodel_stage import INTEREST_FILE
+from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
+from ranker.frame import RankerInputs, ranking_frame, split_rows
+from ranker.lambdarank import FitResult, fit_ranker
+from ranker.pipeline import RankingPipeline
+
+RANKER_DIR = "ranker"
+
+
+@dataclass
+class RankerRun:
+    """A fitted ranker with everything needed to evaluate, register and serve it."""
+
+    fit: FitResult
+    inputs: RankerInputs
+    spec: FeatureSpec
+    frame: pl.DataFrame  # the full ranking frame (all splits)
+    features_only: FitResult | None = None
+
+
+def _frame(cfg: Config, inputs: RankerInputs) -> pl.DataFrame:
+    d = Path(cfg.data.dir)
+    interest = pl.read_parquet(d / INTEREST_FILE) if inputs.uses_text else None
+    if inputs.uses_text and not (d / INTEREST_FILE).is_file():
+        raise FileNotFoundError(f"{d / INTEREST_FILE}: not found (run `recrank textmodel train` first)")
+    return ranking_frame(read_features(d).collect(), read_items(d).collect(), interest, inputs)
+
+
+def train_ranker(cfg: Config) -> RankerRun:
+    """Fit the combined ranker (and the features-only one for comparison) and save it under ``DIR/ranker``."""
+    spec = FeatureSpec.from_config(cfg)
+    items = read_items(cfg.data.dir).collect()
+    inputs = RankerInputs.build(spec, cfg.ranker, items)
+    frame = _frame(cfg, inputs)
+    fit = fit_ranker(split_rows(frame, cfg.ranker.train_split), split_rows(frame, "val"), inputs, cfg.ranker)
+    run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
+    if inputs.uses_text:
+        plain_cfg = cfg.ranker.model_copy(update={"use_text": False})
+        plain = RankerInputs.build(spec, plain_cfg, items)
+        run.features_only = fit_ranker(
+            split_rows(frame, plain_cfg.train_split), split_rows(frame, "val"), plain, plain_cfg
+        )
+        run.features_only.params["_inputs"] = plain.to_json()
+    save_ranker(run, Path(cfg.data.dir) / RANKER_DIR)
+    return run
+
+
+def save_ranker(run: RankerRun, folder: Path) -> None:
+    """``DIR/ranker``: the boosters (combined, features-only) as LightGBM text and their metadata."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        meta = {"feature_spec": run.spec.__dict__}
+        for name, fit, inputs in (("combined", run.fit, run.inputs), ("features_only", run.features_only, None)):
+            if fit is None:
+                continue
+            fit.booster.save_model(str(tmp / f"{name}.txt"))
+            meta[name] = {
+                "inputs": (inputs or RankerInputs.from_json(fit.params["_inputs"])).to_json(),
+                "params": {k: v for k, v in fit.params.items() if not k.startswith("_")},
+                "best_iteration": fit.best_iteration,
+                "val_ndcg_at_10": fit.val_ndcg_at_10,
+                "trials": fit.trials,
+                "seconds": fit.seconds,
+            }
+        (tmp / "ranker.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+
+
+def load_ranker_run(cfg: Config) -> RankerRun:
+    """The ranker saved by :func:`train_ranker` under ``DIR/ranker``, with its ranking frame rebuilt."""
+    folder = Path(cfg.data.dir) / RANKER_DIR
+    if not (folder / "ranker.json").is_file():
+        raise FileNotFoundError(f"{folder / 'ranker.json'}: not found (run `recrank ranker train` first)")
+    meta = json.loads((folder / "ranker.json").read_text())
+    spec = FeatureSpec(
+        **{**meta["feature_spec"], "click_windows_days": tuple(meta["feature_spec"]["click_windows_days"])}
+    )
+
+    def fit_of(name: str) -> tuple[FitResult, RankerInputs] | None:
+        if name not in meta:
+            return None
+        m = meta[name]
+        inputs = RankerInputs.from_json(m["inputs"])
+        booster = lgb.Booster(model_file=str(folder / f"{name}.txt"))
+        fit = FitResult(
+            booster,
+            {**m["params"], "_inputs": m["inputs"]},
+            m["best_iteration"],
+            m["val_ndcg_at_10"],
+            m["trials"],
+            m["seconds"],
+        )
+        return fit, inputs
+
+    combined, inputs = fit_of("combined")
+    plain = fit_of("features_only")
+    return RankerRun(
+        fit=combined, inputs=inputs, spec=spec, frame=_frame(cfg, inputs), features_only=plain[0] if plain else None
+    )
+
+
+def local_pipeline(run: RankerRun, cfg: Config) -> RankingPipeline:
+    """The ranking pipeline over the freshly fitted booster (the text scorer is not needed offline)."""
+    return RankingPipeline(
+        booster=run.fit.booster, inputs=run.inputs, spec=run.spec, snapshot=read_snapshot(cfg.data.dir), text=None
+    )
+
+
+def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[EvaluationResult, Path]:
+    """Compare all systems on ``split`` and write the report with the feature-importance plot."""
+    part = split_rows(run.frame, split)
+    pipeline = local_pipeline(run, cfg)
+    scored = part.with_columns(pl.Series("score_ranker", pipeline.score_frame(part)))
+    systems = dict(BASELINES)
+    if run.inputs.uses_text:
+        systems["interest_score"] = pl.col("interest_score")
+    if run.features_only is not None:
+        plain = RankerInputs.from_json(run.features_only.params["_inputs"])
+        plain_scores = RankingPipeline(run.features_only.booster, plain, run.spec, pipeline.snapshot, None)
+        scored = scored.with_columns(pl.Series("score_features_only", plain_scores.score_frame(part)))
+        systems["lightgbm_features_only"] = pl.col("score_features_only")
+    systems["ranker"] = pl.col("score_ranker")
+    result = evaluate_systems(scored, systems, cfg.evaluation, baseline="item_ctr", split=split)
+    manifest = read_manifest(cfg.data.dir)
+    context = {
+        "dataset": manifest.get("dataset"),
+        "data fingerprint": manifest.get("fingerprint"),
+        "profile": cfg.profile,
+        "bootstrap resamples": cfg.evaluation.bootstrap_samples,
+        "ranker": f"LambdaRank, {run.fit.best_iteration} trees, num_leaves {run.fit.params['num_leaves']}, "
+        f"min_child_samples {run.fit.params['min_child_samples']}, trained on {cfg.ranker.train_split}",
+        "ranker features": ", ".join(run.inputs.features),
+    }
+    out = write_report(result, cfg.data.dir, title=f"recrank evaluation: {manifest.get('dataset')}", context=context)
+    plot_importance(run.fit.booster, out / "feature_importance.png")
+    with (out / "report.md").open("a") as fh:
+        fh.write("\n## Feature importance (gain)\n\n![feature importance](feature_importance.png)\n")
+    return result, out
+
+
+def plot_importance(booster: lgb.Booster, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = booster.feature_importance("gain")
+    names = booster.feature_name()
+    order = gains.argsort()
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
+    ax.barh([names[i] for i in order], gains[order] / max(gains.sum(), 1e-12), color="#4c72b0")
+    ax.set_xlabel("share of total gain")
+    ax.set_title("ranker feature importance")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["REPORT_DIR", "RankerRun", "evaluate_run", "load_ranker_run", "train_ranker"]

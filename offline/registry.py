@@ -1,0 +1,304 @@
+"""Log both models to MLflow, register them, and move the ``champion`` alias: promote and roll back.
+
+Each registered version carries params, metrics, a signature, an input example, the data fingerprint
+and the git commit. A ranker version is tagged ``textmodel_version`` with the text model whose scores it
+was trained on; serving loads exactly that pair (:mod:`ranker.loading`).
+
+Promotion compares the newest ranker version (the challenger) with the champion on the same test
+impressions (paired bootstrap) and moves ``champion`` only when the challenger wins on the configured
+metric by the configured margin, or with ``force``. Every decision is recorded as tags: who, when,
+both metric sets, the decision. ``rollback`` moves ``champion`` back to the previous champion.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from conf import Config
+from features import read_manifest
+from offline.tracking import git_commit, setup
+from ranker.loading import TEXTMODEL_TAG, ModelPairError, load_ranker_version, ranker_name, textmodel_name
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "champion_history"  # JSON list of champion versions, oldest first
+
+
+def _flat(prefix: str, obj: object) -> dict[str, object]:
+    if isinstance(obj, dict):
+        out: dict[str, object] = {}
+        for k, v in obj.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: obj if not isinstance(obj, list | tuple) else json.dumps(obj)}
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [
+        f"{p}=={version(p)}"
+        for p in ("torch", "transformers", "peft", "safetensors", "polars", "pandas", "mlflow", "gguf")
+    ]
+
+
+def register_textmodel(cfg: Config, folder: Path) -> str:
+    """Log the text model folder as a pyfunc and register it; return the new version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from textmodel.mlflow_flavor import ARTIFACT_KEY, TextModelPyfunc
+
+    meta = json.loads((folder / "textmodel.json").read_text())
+    example = pd.DataFrame({"history": ["1 2 3", ""], "item_id": ["4", "5"], "text": ["", ""]})
+    signature = infer_signature(example, pd.Series([0.1, 0.2], name="interest_score"))
+    with mlflow.start_run(run_name="textmodel") as run:
+        mlflow.log_params(_flat("", {"textmodel": meta["config"], "backbone": meta["backbone"]}))
+        mlflow.log_metrics({f"impression_auc_{k}": v for k, v in meta["impression_auc"].items()})
+        for epoch in meta["train"]["epochs"]:
+            mlflow.log_metric("val_impression_auc", epoch["val_metric"], step=epoch["epoch"])
+        mlflow.set_tags(
+            {"data_fingerprint": str(meta.get("data_fingerprint")), "git_commit": git_commit(), "profile": cfg.profile}
+        )
+        info = mlflow.pyfunc.log_model(
+            name="textmodel",
+            python_model=TextModelPyfunc(),
+            artifacts={ARTIFACT_KEY: str(folder)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+            metadata={"backbone": meta["backbone"]},
+        )
+    mv = mlflow.register_model(
+        info.model_uri,
+        textmodel_name(cfg.mlflow.model_prefix),
+        tags={
+            "data_fingerprint": str(meta.get("data_fingerprint")),
+            "git_commit": git_commit(),
+            "run_id": run.info.run_id,
+        },
+    )
+    return str(mv.version)
+
+
+def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: dict[str, float]) -> str:
+    """Log the booster (mlflow.lightgbm) with its inputs and feature spec as metadata; register; pin the text model."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from ranker.frame import model_matrix, split_rows
+
+    sample = split_rows(run.frame, "test").head(5)
+    x = pd.DataFrame(model_matrix(sample, run.inputs), columns=list(run.inputs.features)).astype("float64")
+    signature = infer_signature(x, run.fit.booster.predict(x.to_numpy(), num_threads=1))
+    fingerprint = str(read_manifest(cfg.data.dir).get("fingerprint"))
+    with mlflow.start_run(run_name="ranker") as mrun:
+        mlflow.log_params(
+            _flat(
+                "",
+                {
+                    "lightgbm": {k: v for k, v in run.fit.params.items() if not k.startswith("_")},
+                    "ranker": cfg.ranker.model_dump(mode="json", exclude={"params", "tune"}),
+                    "best_iteration": run.fit.best_iteration,
+                },
+            )
+        )
+        mlflow.log_metrics({"val_ndcg_at_10": run.fit.val_ndcg_at_10, **{f"test_{k}": v for k, v in metrics.items()}})
+        mlflow.set_tags(
+            {
+                "data_fingerprint": fingerprint,
+                "git_commit": git_commit(),
+                "profile": cfg.profile,
+                TEXTMODEL_TAG: str(textmodel_version),
+            }
+        )
+        info = mlflow.lightgbm.log_model(
+            run.fit.booster,
+            name="ranker",
+            signature=signature,
+            input_example=x,
+            pip_requirements=[f"lightgbm=={__import__('lightgbm').__version__}"],
+            metadata={
+                "ranker_inputs": run.inputs.to_json(),
+                "feature_spec": run.spec.__dict__,
+                TEXTMODEL_TAG: textmodel_version,
+            },
+        )
+    tags = {"data_fingerprint": fingerprint, "git_commit": git_commit(), "run_id": mrun.info.run_id}
+    if textmodel_version is not None:
+        tags[TEXTMODEL_TAG] = str(textmodel_version)
+    mv = mlflow.register_model(info.model_uri, ranker_name(cfg.mlflow.model_prefix), tags=tags)
+    return str(mv.version)
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    challenger: str
+    champion_before: str | None
+    champion_after: str | None
+    reason: str
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float]
+    gain: dict[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def _history(client, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _set_champion(client, name: str, version: str) -> None:
+    history = _history(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+
+
+def evaluate_version(cfg: Config, client, version: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Per-impression test metrics of one ranker version, with its own pinned text model's scores."""
+    from ranker.frame import with_interest_rank
+    from ranker.lambdarank import predict
+    from ranker.metrics import per_group_metrics
+
+    prefix = cfg.mlflow.model_prefix
+    ranker = load_ranker_version(client, prefix, version)
+    test = frame
+    if ranker.inputs.uses_text:
+        test = with_interest_rank(
+            test.drop("interest_score", "interest_rank", strict=False).join(
+                _interest_of(cfg, client, ranker.textmodel_version, version),
+                on=["impression_id", "item_id"],
+                how="left",
+            )
+        )
+    scored = test.with_columns(pl.Series("score", predict(ranker.booster, test, ranker.inputs)))
+    return per_group_metrics(scored, tie_break=None)
+
+
+def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_version: str) -> pl.DataFrame:
+    """Interest scores of the test rows under a given text-model version (from its own embedding table)."""
+    import torch
+
+    from offline.textmodel_stage import _inputs
+    from ranker.loading import textmodel_folder
+    from textmodel.artifact import load_text_model, table_vectors
+    from textmodel.scoring import interest_frame
+
+    if not textmodel_version:
+        raise ModelPairError(f"ranker version {ranker_version} has no {TEXTMODEL_TAG} tag")
+    folder = textmodel_folder(client, cfg.mlflow.model_prefix, textmodel_version)
+    loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
+    catalogue, sets = _inputs(cfg)
+    table = loaded.table
+    if table["item_id"].to_list() != catalogue.item_ids:
+        raise ModelPairError(f"textmodel version {textmodel_version}: its embedding table is for another catalogue")
+    return interest_frame(loaded.model, torch.from_numpy(table_vectors(table)), sets["test"])
+
+
+def promote(cfg: Config, force: bool = False) -> Decision:
+    """Compare the newest ranker version with the champion on the same test impressions; move the alias."""
+    from features import FeatureSpec, read_items
+    from offline.ranker_stage import _frame
+    from ranker.compare import paired_bootstrap
+    from ranker.frame import RankerInputs, split_rows
+
+    client = setup(cfg)
+    name = ranker_name(cfg.mlflow.model_prefix)
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise ModelPairError(f"no versions of {name} registered yet (run `recrank pipeline` or `recrank register`)")
+    challenger = str(max(int(v.version) for v in versions))
+    aliases = client.get_registered_model(name).aliases
+    champion = aliases.get(CHAMPION)
+    client.set_registered_model_alias(name, CHALLENGER, challenger)
+    metric = cfg.mlflow.promotion_metric
+    if champion is None:
+        _set_champion(client, name, challenger)
+        decision = Decision(True, challenger, None, challenger, "no champion yet: first promotion", {}, {}, {})
+        _record(client, name, challenger, decision)
+        return decision
+    if str(champion) == challenger:
+        return Decision(
+            False, challenger, str(champion), str(champion), "the newest version is the champion", {}, {}, {}
+        )
+    spec = FeatureSpec.from_config(cfg)
+    base_inputs = RankerInputs.build(
+        spec, cfg.ranker.model_copy(update={"use_text": False}), read_items(cfg.data.dir).collect()
+    )
+    frame = split_rows(_frame(cfg, base_inputs), "test")
+    per = {v: evaluate_version(cfg, client, v, frame) for v in (challenger, str(champion))}
+    summary = {
+        v: {
+            m: float(np.nanmean(p[m].cast(pl.Float64).fill_null(np.nan).to_numpy()))
+            for m in ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
+        }
+        for v, p in per.items()
+    }
+    _, gains = paired_bootstrap(
+        {"challenger": per[challenger], "champion": per[str(champion)]},
+        metric,
+        cfg.evaluation.bootstrap_samples,
+        cfg.evaluation.seed,
+        baseline="champion",
+    )
+    gain = gains["challenger"]
+    wins = gain.mean >= cfg.mlflow.promotion_margin
+    if wins or force:
+        _set_champion(client, name, challenger)
+        reason = (
+            f"{metric} gain {gain.mean:+.4f} (95% CI {gain.low:+.4f}, {gain.high:+.4f}) "
+            + (">= margin" if wins else "< margin, forced")
+            + f" {cfg.mlflow.promotion_margin}"
+        )
+    else:
+        reason = (
+            f"refused: {metric} gain {gain.mean:+.4f} (95% CI {gain.low:+.4f}, {gain.high:+.4f}) "
+            f"< margin {cfg.mlflow.promotion_margin}"
+        )
+    decision = Decision(
+        wins or force,
+        challenger,
+        str(champion),
+        challenger if (wins or force) else str(champion),
+        reason,
+        summary[challenger],
+        summary[str(champion)],
+        {"mean": gain.mean, "low": gain.low, "high": gain.high},
+    )
+    _record(client, name, challenger, decision)
+    return decision
+
+
+def _record(client, name: str, version: str, decision: Decision) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    record = {"by": getpass.getuser(), "at": stamp, **decision.to_json()}
+    client.set_model_version_tag(name, version, "promotion_decision", json.dumps(record, default=float))
+    client.set_registered_model_tag(name, "last_promotion", json.dumps(record, default=float))
+
+
+def rollback(cfg: Config) -> Decision:
+    """Move ``champion`` back to the champion before the current one."""
+    client = setup(cfg)
+    name = ranker_name(cfg.mlflow.model_prefix)
+    history = _history(client, name)
+    current = client.get_registered_model(name).aliases.get(CHAMPION)
+    if current is None or len(history) < 2:
+        raise ModelPairError(f"{name}: no previous champion to roll back to (history {history})")
+    previous = history[-2]
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
+    decision = Decision(
+        True, str(current), str(current), previous, f"rollback from {current} to {previous}", {}, {}, {}
+    )
+    _record(client, name, previous, decision)
+    return decision

@@ -1,0 +1,129 @@
+"""The ranking frame: one row per (impression, item) with the ranker's inputs, grouped by impression.
+
+One function, :func:`model_matrix`, turns feature rows into the booster's input matrix; training,
+evaluation, the API and batch scoring all call it, so a feature means the same thing everywhere. The
+layout it needs (feature order, categorical vocabularies) is a :class:`RankerInputs`, saved with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+
+from conf import RankerConfig
+from features.behaviour import FeatureSpec
+
+GROUP, LABEL = "impression_id", "clicked"
+TEXT_FEATURES = ["interest_score", "interest_rank"]
+
+
+class RankingFrameError(ValueError):
+    """The ranking frame violates what LambdaRank needs; the message names the column and the rows."""
+
+
+@dataclass(frozen=True)
+class RankerInputs:
+    """Which columns feed the booster, in order, and the vocabulary of each categorical one."""
+
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]
+    vocab: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def build(cls, spec: FeatureSpec, cfg: RankerConfig, items: pl.DataFrame) -> RankerInputs:
+        unknown = [f for f in cfg.exclude_features if f not in spec.feature_columns]
+        if unknown:
+            raise ValueError(f"ranker.exclude_features: {unknown[0]!r} is not a feature ({spec.feature_columns})")
+        behaviour = [f for f in spec.feature_columns if f not in cfg.exclude_features]
+        cats = tuple(cfg.categorical_features)
+        vocab = {c: tuple(sorted(items[c].unique().drop_nulls().to_list())) for c in cats}
+        text = TEXT_FEATURES if cfg.use_text else []
+        return cls(features=(*behaviour, *text, *cats), categorical=cats, vocab=vocab)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> RankerInputs:
+        return cls(
+            features=tuple(raw["features"]),
+            categorical=tuple(raw["categorical"]),
+            vocab={k: tuple(v) for k, v in raw["vocab"].items()},
+        )
+
+    @property
+    def uses_text(self) -> bool:
+        return "interest_score" in self.features
+
+
+def with_interest_rank(frame: pl.DataFrame, group: str = GROUP) -> pl.DataFrame:
+    """``interest_rank``: the interest score's rank within its impression, scaled to [0, 1] (0 = best)."""
+    n = pl.len().over(group)
+    rank = pl.col("interest_score").rank("average", descending=True).over(group)
+    return frame.with_columns(pl.when(n > 1).then((rank - 1) / (n - 1)).otherwise(0.0).alias("interest_rank"))
+
+
+def model_matrix(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
+    """(rows, features) float64 matrix in ``inputs.features`` order; categories as codes (unknown = NaN)."""
+    missing = [f for f in inputs.features if f not in frame.columns]
+    if missing:
+        raise RankingFrameError(f"ranking frame: column {missing[0]!r} missing (needs {list(inputs.features)})")
+    exprs = []
+    for name in inputs.features:
+        if name in inputs.categorical:
+            codes = {v: float(i) for i, v in enumerate(inputs.vocab[name])}
+            exprs.append(pl.col(name).replace_strict(codes, default=None, return_dtype=pl.Float64).alias(name))
+        else:
+            exprs.append(pl.col(name).cast(pl.Float64))
+    return frame.select(exprs).to_numpy().astype(np.float64, copy=False)
+
+
+def ranking_frame(
+    features: pl.DataFrame, items: pl.DataFrame, interest: pl.DataFrame | None, inputs: RankerInputs
+) -> pl.DataFrame:
+    """Feature rows + item category + interest score and rank, sorted so each impression is contiguous."""
+    frame = features.join(items.select("item_id", *inputs.categorical), on="item_id", how="left")
+    if inputs.uses_text:
+        if interest is None:
+            raise RankingFrameError("ranking frame: the ranker uses text but no interest scores were given")
+        frame = frame.join(
+            interest.select("impression_id", "item_id", "interest_score"), on=["impression_id", "item_id"], how="left"
+        )
+        missing = frame["interest_score"].null_count()
+        if missing:
+            raise RankingFrameError(
+                f"interest scores: {missing} row(s) have none (run `recrank textmodel train` or `embed` first)"
+            )
+        frame = with_interest_rank(frame)
+    return frame.sort("ts", GROUP, "position")
+
+
+def groups(frame: pl.DataFrame, max_rows: int, group: str = GROUP) -> tuple[np.ndarray, np.ndarray]:
+    """Query sizes for LightGBM and a row order making each query contiguous.
+
+    Impressions longer than ``max_rows`` (LightGBM's limit is 10,000 rows per query) are cut into chunks of
+    consecutive positions; labels must be 0/1.
+    """
+    bad = frame.filter(~pl.col(LABEL).is_in([0, 1]))
+    if bad.height:
+        raise RankingFrameError(f"ranking frame: column {LABEL!r}: {bad.height} label(s) outside 0/1")
+    keyed = frame.with_row_index("_row").with_columns((pl.int_range(pl.len()).over(group) // max_rows).alias("_chunk"))
+    ordered = keyed.sort(group, "_chunk", "_row", maintain_order=True)
+    sizes = ordered.group_by(group, "_chunk", maintain_order=True).len()["len"].to_numpy()
+    if (sizes > max_rows).any():
+        raise RankingFrameError(f"ranking frame: a query has more than {max_rows} rows")
+    return ordered["_row"].to_numpy(), sizes
+
+
+def split_rows(frame: pl.DataFrame, split: str) -> pl.DataFrame:
+    part = frame.filter(pl.col("split") == split)
+    if part.height == 0:
+        raise RankingFrameError(f"ranking frame: no rows in the {split} split")
+    return part
+
+
+def feature_names(inputs: RankerInputs) -> Sequence[str]:
+    return list(inputs.features)

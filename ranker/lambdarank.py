@@ -1,0 +1,100 @@
+"""LightGBM LambdaRank: fit on one split, early-stop and tune on the validation split.
+
+Every candidate setting of the (small) grid in ``ranker.tune`` is fitted with early stopping on
+validation nDCG@10; the best one wins. Seeds are fixed and the booster runs deterministically, so
+the same data and config give the same model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from conf import RankerConfig
+from ranker.frame import LABEL, RankerInputs, groups, model_matrix
+
+EVAL_AT = (5, 10)
+
+
+@dataclass
+class FitResult:
+    booster: lgb.Booster
+    params: dict[str, object]
+    best_iteration: int
+    val_ndcg_at_10: float
+    trials: list[dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _grid(cfg: RankerConfig) -> list[dict[str, object]]:
+    base = cfg.params.model_dump()
+    unknown = [k for k in cfg.tune if k not in base]
+    if unknown:
+        raise ValueError(f"ranker.tune: {unknown[0]!r} is not a LightGBM parameter of ranker.params")
+    keys = list(cfg.tune)
+    combos = itertools.product(*[cfg.tune[k] for k in keys]) if keys else [()]
+    out = []
+    for combo in combos:
+        params = {**base, **dict(zip(keys, combo, strict=True))}
+        for name in ("num_leaves", "min_child_samples", "n_estimators", "lambdarank_truncation_level"):
+            params[name] = int(params[name])
+        out.append(params)
+    return out
+
+
+def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order, sizes = groups(frame, max_rows)
+    part = frame[order]
+    return model_matrix(part, inputs), part[LABEL].to_numpy(), sizes
+
+
+def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig) -> FitResult:
+    """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10."""
+    start = time.perf_counter()
+    x, y, g = _dataset(train, inputs, cfg.max_group_rows)
+    xv, yv, gv = _dataset(val, inputs, cfg.max_group_rows)
+    categorical = [inputs.features.index(c) for c in inputs.categorical]
+    best: FitResult | None = None
+    trials = []
+    for params in _grid(cfg):
+        model = lgb.LGBMRanker(
+            objective="lambdarank",
+            label_gain=[0.0, 1.0],
+            random_state=cfg.seed,
+            deterministic=True,
+            force_row_wise=True,
+            subsample_freq=1 if params["subsample"] < 1 else 0,
+            verbose=-1,
+            **params,
+        )
+        model.fit(
+            x,
+            y,
+            group=g,
+            eval_X=(xv,),
+            eval_y=(yv,),
+            eval_group=[gv],
+            eval_at=EVAL_AT,
+            feature_name=list(inputs.features),
+            categorical_feature=categorical,
+            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=False, verbose=False)],
+        )
+        score = float(model.best_score_["valid_0"]["ndcg@10"])
+        trials.append(
+            {**{k: params[k] for k in cfg.tune}, "best_iteration": model.best_iteration_, "val_ndcg_at_10": score}
+        )
+        if best is None or score > best.val_ndcg_at_10:
+            best = FitResult(model.booster_, params, int(model.best_iteration_), score)
+    assert best is not None
+    best.trials, best.seconds = trials, time.perf_counter() - start
+    return best
+
+
+def predict(booster: lgb.Booster, frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
+    """Scores of ``frame``'s rows. One thread: for request-sized inputs OpenMP start-up dominates."""
+    return booster.predict(model_matrix(frame, inputs), num_threads=1)

@@ -1,0 +1,118 @@
+"""Load the registered model pair behind an alias: ``<prefix>-ranker@alias``, then exactly the textmodel
+version that ranker version pins (its ``textmodel_version`` tag). A half-finished promotion can therefore
+never pair a ranker with a text model it was not trained on: a missing or unreadable pin fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from features.behaviour import FeatureSpec
+from features.build import read_snapshot
+from ranker.frame import RankerInputs
+from ranker.pipeline import RankingPipeline
+
+TEXTMODEL_TAG = "textmodel_version"
+
+
+class ModelPairError(RuntimeError):
+    """The registry does not hold a usable (ranker, textmodel) pair for the request."""
+
+
+def ranker_name(prefix: str) -> str:
+    return f"{prefix}-ranker"
+
+
+def textmodel_name(prefix: str) -> str:
+    return f"{prefix}-textmodel"
+
+
+@dataclass
+class RankerVersion:
+    """A registered ranker version with what is needed to use it."""
+
+    version: str
+    booster: object
+    inputs: RankerInputs
+    spec: FeatureSpec
+    textmodel_version: str | None
+
+
+def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
+    import mlflow.lightgbm
+    from mlflow.models import get_model_info
+
+    uri = f"models:/{ranker_name(prefix)}/{version}"
+    mv = client.get_model_version(ranker_name(prefix), version)
+    meta = get_model_info(uri).metadata or {}
+    if "ranker_inputs" not in meta or "feature_spec" not in meta:
+        raise ModelPairError(f"{uri}: model metadata lacks ranker_inputs/feature_spec (not logged by recrank?)")
+    spec = meta["feature_spec"]
+    return RankerVersion(
+        version=str(version),
+        booster=mlflow.lightgbm.load_model(uri),
+        inputs=RankerInputs.from_json(meta["ranker_inputs"]),
+        spec=FeatureSpec(
+            click_windows_days=tuple(spec["click_windows_days"]),
+            ctr_prior_strength=float(spec["ctr_prior_strength"]),
+            history_cap=int(spec["history_cap"]),
+        ),
+        textmodel_version=mv.tags.get(TEXTMODEL_TAG),
+    )
+
+
+def textmodel_folder(client, prefix: str, version: str) -> Path:
+    """Download (or find in the local artifact store) the trained folder of a textmodel version."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    name = textmodel_name(prefix)
+    try:
+        client.get_model_version(name, version)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+    except MlflowException as exc:
+        raise ModelPairError(f"textmodel {name} version {version} is not available: {exc.message}") from None
+    folder = root / "artifacts" / "textmodel"
+    if not folder.is_dir():
+        raise ModelPairError(f"models:/{name}/{version}: no artifacts/textmodel folder in the logged model")
+    return folder
+
+
+def load_pipeline(
+    client,
+    prefix: str,
+    alias: str,
+    data_dir: Path,
+    cache_dir: Path,
+    device: torch.device,
+) -> RankingPipeline:
+    """The ranking pipeline of ``<prefix>-ranker@alias`` and its pinned text model, over the online snapshot."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(ranker_name(prefix), alias)
+    except MlflowException as exc:
+        raise ModelPairError(f"no {ranker_name(prefix)}@{alias}: {exc.message}") from None
+    ranker = load_ranker_version(client, prefix, mv.version)
+    text = None
+    versions = {"ranker": str(mv.version)}
+    if ranker.inputs.uses_text:
+        if not ranker.textmodel_version:
+            raise ModelPairError(f"{ranker_name(prefix)} version {mv.version} has no {TEXTMODEL_TAG} tag")
+        from textmodel.artifact import load_text_model
+        from textmodel.scoring import TextScorer
+
+        folder = textmodel_folder(client, prefix, ranker.textmodel_version)
+        text = TextScorer(load_text_model(folder, cache_dir, device), device)
+        versions["textmodel"] = ranker.textmodel_version
+    return RankingPipeline(
+        booster=ranker.booster,
+        inputs=ranker.inputs,
+        spec=ranker.spec,
+        snapshot=read_snapshot(data_dir),
+        text=text,
+        versions=versions,
+    )

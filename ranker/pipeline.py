@@ -1,0 +1,121 @@
+"""The ranking pipeline: ``(user_id, candidates, optional item texts)`` -> scores.
+
+The one object behind training evaluation, the API and batch scoring:
+
+1. behavioural features from the online snapshot (:func:`features.behaviour.online_rows`);
+2. interest scores from the text model (:class:`textmodel.scoring.TextScorer`: cached item vectors,
+   unknown items encoded from their text);
+3. :func:`ranker.frame.model_matrix` + the booster (one thread: request-sized batches).
+
+Offline, :meth:`RankingPipeline.score_frame` runs steps 3 on point-in-time feature rows, the same
+function the online path ends in; a test ties the two paths together on the same request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from features.behaviour import FeatureSpec, OnlineSnapshot, online_rows
+from ranker.frame import RankerInputs, with_interest_rank
+from ranker.lambdarank import predict
+
+
+class RankingRequestError(ValueError):
+    """A request the pipeline cannot score (unknown item without text, duplicates, empty list)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate item; ``title``/``body``/``category`` are needed only for items the model has not seen."""
+
+    item_id: str
+    title: str | None = None
+    body: str | None = None
+    category: str | None = None
+
+    def text(self, fields: Sequence[str]) -> str:
+        parts = [getattr(self, f, None) or "" for f in fields]
+        return ". ".join(p.strip() for p in parts if p and p.strip())
+
+
+@dataclass
+class RankingPipeline:
+    booster: lgb.Booster
+    inputs: RankerInputs
+    spec: FeatureSpec
+    snapshot: OnlineSnapshot
+    text: object | None  # textmodel.scoring.TextScorer when the ranker uses the interest score
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        users = self.snapshot.users
+        self._history: dict[str, list[str]] = (
+            dict(zip(users["user_id"].to_list(), users["history"].to_list(), strict=True))
+            if "history" in users.columns
+            else {}
+        )
+        self._known_items = set(self.snapshot.items["item_id"].to_list())
+
+    def history(self, user_id: str) -> list[str]:
+        return self._history.get(user_id, [])
+
+    def score_frame(self, frame: pl.DataFrame) -> np.ndarray:
+        """Booster scores of feature rows that already carry the interest score (when the ranker uses it)."""
+        if self.inputs.uses_text and "interest_rank" not in frame.columns:
+            frame = with_interest_rank(frame)
+        return predict(self.booster, frame, self.inputs)
+
+    def request_frame(self, user_id: str, candidates: Sequence[Candidate], at: datetime | None = None) -> pl.DataFrame:
+        """Feature rows (+ interest score) for one request, candidates in request order."""
+        ids = [c.item_id for c in candidates]
+        if not ids:
+            raise RankingRequestError("no candidates to rank")
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise RankingRequestError(f"duplicate candidate id {dup!r}")
+        new = [c for c in candidates if c.item_id not in self._known_items]
+        new_items = pl.DataFrame(
+            {
+                "item_id": [c.item_id for c in new],
+                "category": [c.category for c in new],
+                "published_at": pl.Series([None] * len(new), dtype=pl.Datetime("us", "UTC")),
+            },
+            schema={"item_id": pl.String, "category": pl.String, "published_at": pl.Datetime("us", "UTC")},
+        )
+        frame = online_rows(self.snapshot, user_id, ids, at or self.snapshot.as_of, self.spec, new_items)
+        if self.inputs.uses_text:
+            texts = self._texts(new)
+            scores = self.text.scores(self.history(user_id), ids, texts)
+            frame = frame.with_columns(pl.Series("interest_score", scores), pl.lit("request").alias("impression_id"))
+        return frame
+
+    def _texts(self, new: Sequence[Candidate]) -> Mapping[str, str]:
+        fields = self.text.config.text_fields
+        texts = {}
+        for c in new:
+            if c.item_id in self.text.index:
+                continue
+            text = c.text(fields)
+            if not text:
+                raise RankingRequestError(f"item {c.item_id!r} is unknown to the model and has no text ({fields})")
+            texts[c.item_id] = text
+        return texts
+
+    def score(self, user_id: str, candidates: Sequence[Candidate], at: datetime | None = None) -> np.ndarray:
+        """Scores of ``candidates`` for ``user_id`` (request order)."""
+        return self.score_frame(self.request_frame(user_id, candidates, at))
+
+    def rank(
+        self, user_id: str, candidates: Sequence[Candidate], k: int | None = None, at: datetime | None = None
+    ) -> list[tuple[str, float]]:
+        """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
+        scores = self.score(user_id, candidates, at)
+        order = np.argsort(-scores, kind="stable")
+        ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
+        return ranked[:k] if k else ranked

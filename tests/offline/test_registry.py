@@ -1,0 +1,163 @@
+"""The whole pipeline on a tiny world, then the MLflow registry: round trip, promotion, rollback, pairing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from sample_data import TEXT_OVERRIDES, TINY_SYNTHETIC
+
+from conf import load_config
+from offline import ranker_stage, registry
+from offline.cli import main
+from offline.tracking import setup
+from ranker.frame import model_matrix, split_rows
+from ranker.lambdarank import fit_ranker
+from ranker.loading import ModelPairError, load_pipeline, ranker_name
+from ranker.pipeline import Candidate
+
+pytestmark = pytest.mark.integration
+
+RANKER_OVERRIDES = [
+    "ranker.tune={}",
+    "ranker.params.n_estimators=60",
+    "ranker.early_stopping_rounds=20",
+    "ranker.params.min_child_samples=20",
+    "evaluation.bootstrap_samples=200",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, model_cache: Path):
+    root = tmp_path_factory.mktemp("pipeline")
+    args = [
+        *TINY_SYNTHETIC,
+        f"data.dir={root / 'd'}",
+        f"textmodel.cache_dir={model_cache}",
+        *TEXT_OVERRIDES,
+        *RANKER_OVERRIDES,
+    ]
+    assert main(["pipeline", *args]) == 0
+    cfg = load_config(None, args)
+    return cfg, setup(cfg)
+
+
+def test_pipeline_registers_the_pair_and_promotes_the_first_version(world) -> None:
+    cfg, client = world
+    name = ranker_name(cfg.mlflow.model_prefix)
+    assert str(client.get_registered_model(name).aliases["champion"]) == "1"
+    mv = client.get_model_version(name, "1")
+    assert mv.tags["textmodel_version"] == "1"
+    assert mv.tags["data_fingerprint"] and mv.tags["git_commit"]
+    assert client.get_model_version(f"{cfg.mlflow.model_prefix}-textmodel", "1").tags["data_fingerprint"]
+    report = Path(cfg.data.dir) / "report"
+    assert (report / "feature_importance.png").is_file() and (report / "metric_by_model.png").is_file()
+    text = (report / "report.md").read_text()
+    assert "| ranker |" in text and "| lightgbm_features_only |" in text and "| interest_score |" in text
+
+
+def test_registry_round_trip_gives_identical_scores(world) -> None:
+    cfg, client = world
+    local = ranker_stage.load_ranker_run(cfg)
+    test = split_rows(local.frame, "test")
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    assert served.versions == {"ranker": "1", "textmodel": "1"}
+    direct = local.fit.booster.predict(model_matrix(test, local.inputs))
+    np.testing.assert_array_equal(served.score_frame(test), direct)  # registry pipeline == booster.predict
+    # The online path: a request scored from the snapshot + text model equals the same request scored
+    # offline (features + interest scores the same way the training frame gets them).
+    user = test["user_id"][0]
+    items = test.filter(pl.col("user_id") == user)["item_id"].unique(maintain_order=True).to_list()[:6]
+    ranked = served.rank(user, [Candidate(i) for i in items])
+    assert sorted(i for i, _ in ranked) == sorted(items)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    cold = served.rank("new-user", [Candidate(items[0]), Candidate("new-item", title="The bold story of sports")])
+    assert len(cold) == 2 and all(np.isfinite(s) for _, s in cold)
+
+
+def _bad_run(cfg):
+    """The same ranker fitted on flipped labels: reliably worse on test."""
+    run = ranker_stage.load_ranker_run(cfg)
+    flipped = run.frame.with_columns((1 - pl.col("clicked")).cast(pl.Int8).alias("clicked"))
+    bad = fit_ranker(split_rows(flipped, "train"), split_rows(flipped, "val"), run.inputs, cfg.ranker)
+    return ranker_stage.RankerRun(fit=bad, inputs=run.inputs, spec=run.spec, frame=run.frame)
+
+
+def test_promotion_refused_when_worse_forced_then_better_wins_and_rollback(world) -> None:
+    cfg, client = world
+    name = ranker_name(cfg.mlflow.model_prefix)
+    bad_version = registry.register_ranker(cfg, _bad_run(cfg), "1", {})
+    refused = registry.promote(cfg)
+    assert not refused.promoted and refused.champion_after == "1" and refused.reason.startswith("refused")
+    assert (
+        refused.gain["mean"] < 0 and refused.challenger_metrics["ndcg_at_10"] < refused.champion_metrics["ndcg_at_10"]
+    )
+    assert str(client.get_registered_model(name).aliases["champion"]) == "1"
+    assert "refused" in client.get_model_version(name, bad_version).tags["promotion_decision"]
+    forced = registry.promote(cfg, force=True)
+    assert forced.promoted and str(client.get_registered_model(name).aliases["champion"]) == bad_version
+    good_version = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "1", {})
+    better = registry.promote(cfg)
+    assert better.promoted and better.gain["mean"] > cfg.mlflow.promotion_margin
+    assert str(client.get_registered_model(name).aliases["champion"]) == good_version
+    back = registry.rollback(cfg)
+    assert back.champion_after == bad_version
+    assert str(client.get_registered_model(name).aliases["champion"]) == bad_version
+
+
+def test_ranker_pinned_to_a_missing_textmodel_fails_loudly(world) -> None:
+    cfg, client = world
+    name = ranker_name(cfg.mlflow.model_prefix)
+    orphan = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "99", {})
+    client.set_registered_model_alias(name, "broken", orphan)
+    with pytest.raises(ModelPairError, match=r"textmodel .* version 99 is not available"):
+        load_pipeline(
+            client, cfg.mlflow.model_prefix, "broken", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+        )
+
+
+def test_online_request_equals_the_offline_path_for_the_same_request(world) -> None:
+    """Serving (snapshot features + TextScorer) == training path (point-in-time features + bulk interest
+    scores) for one request placed just after the last event: the train/serve contract, end to end."""
+    from features import build_offline, read_impressions, read_items
+    from features.history import impression_histories
+    from textmodel.data import Catalogue, ImpressionSet
+    from textmodel.scoring import score_rows
+
+    cfg, client = world
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    impressions = read_impressions(cfg.data.dir).collect()
+    items = read_items(cfg.data.dir).collect()
+    users = served.snapshot.users.filter(pl.col("history").list.len() > 2)
+    user = users["user_id"][0]
+    candidates = ["i3", "i17", "i64", "i90", "i5"]
+    at = served.snapshot.as_of
+    probe = pl.DataFrame(
+        {
+            "impression_id": ["probe"] * 5,
+            "user_id": [user] * 5,
+            "ts": pl.Series([at] * 5).cast(impressions.schema["ts"]),
+            "item_id": candidates,
+            "position": pl.Series(range(5), dtype=pl.Int32),
+            "clicked": pl.Series([0] * 5, dtype=pl.Int8),
+        }
+    )
+    log = pl.concat([impressions, probe])
+    feats = build_offline(log.lazy(), items.lazy(), served.spec).filter(pl.col("impression_id") == "probe").collect()
+    hist = impression_histories(log.lazy(), feats.lazy(), cfg.data.history_cap).collect()
+    scorer = served.text
+    catalogue = Catalogue(item_ids=scorer.item_ids, texts=scorer.item_ids)
+    data = ImpressionSet.build(
+        feats.select("impression_id", "item_id", "clicked"), hist, catalogue, cfg.data.history_cap
+    )
+    offline = feats.join(items.select("item_id", "category"), on="item_id", how="left", maintain_order="left")
+    offline = offline.with_columns(pl.Series("interest_score", score_rows(scorer.model, scorer.vectors, data)))
+    online = served.score(user, [Candidate(i) for i in candidates])
+    np.testing.assert_allclose(online, served.score_frame(offline), rtol=0, atol=1e-6)

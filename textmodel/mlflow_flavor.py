@@ -1,0 +1,42 @@
+"""The text model as an MLflow pyfunc: ``load_context`` loads, ``predict`` computes.
+
+The logged model carries the trained folder (adapters, towers, item-embedding table) as an artifact and
+references the backbone by name + content hash; the backbone weights are never copied into MLflow.
+``model_config={"cache_dir": ...}`` at load time says where converted backbones live.
+
+Input: a frame with ``history`` (space-separated item ids, oldest first), ``item_id`` and optionally
+``text`` (needed only for items missing from the embedding table). Output: the interest score per row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+ARTIFACT_KEY = "textmodel"
+
+
+class TextModelPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from textmodel.artifact import load_text_model
+        from textmodel.model import resolve_device
+        from textmodel.scoring import TextScorer
+
+        config = context.model_config or {}
+        device = resolve_device(config.get("device", "auto"))
+        loaded = load_text_model(
+            Path(context.artifacts[ARTIFACT_KEY]), Path(config.get("cache_dir", "data/models")), device
+        )
+        self.scorer = TextScorer(loaded, device)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        out = []
+        has_text = "text" in model_input.columns
+        for history, group in model_input.groupby("history", sort=False):
+            texts = dict(zip(group["item_id"], group["text"], strict=True)) if has_text else {}
+            texts = {k: v for k, v in texts.items() if isinstance(v, str) and v}
+            scores = self.scorer.scores(str(history).split(), group["item_id"].tolist(), texts)
+            out.append(pd.Series(scores, index=group.index))
+        return pd.concat(out).reindex(model_input.index).rename("interest_score")
