@@ -123,7 +123,8 @@ class TrainConfig(_Strict):
     probe_epochs: int = Field(
         ge=0,
         description="Head-only epochs first, over cached pooled vectors (linear probing, then fine-tuning): cheap, "
-        "and the adapters then start from a trained head. With trainable_top_layers=0 all epochs are probe epochs.",
+        "and the adapters then start from a trained head. With trainable_top_layers=0 the head gets "
+        "probe_epochs + epochs.",
     )
     max_steps_per_epoch: int | None = Field(
         description="Cap on steps per epoch (a random subset of examples each epoch); null = all examples."

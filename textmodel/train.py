@@ -192,7 +192,8 @@ class ClickTrainer:
         result = TrainResult(best_val_metric=self.evaluate(val, self._memory))
         result.epochs.append(EpochLog(0, float("nan"), result.best_val_metric, 0.0, 0, "init"))
         self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
-        probe_epochs = cfg.epochs if frozen else cfg.probe_epochs
+        # A frozen backbone trains only the head: it gets every epoch of the budget as a probe epoch.
+        probe_epochs = cfg.probe_epochs + cfg.epochs if frozen else cfg.probe_epochs
         self._phase("probe", probe_epochs, train, val, [towers], pooled, None, rng, result, progress)
         if not frozen:
             del pooled
