@@ -39,45 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
         prep.add_argument(f"--{name}", type=int, help=f"synthetic: {name}")
     _common(prep)
 
+    def command(group: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+        """A sub-command over one data folder: ``--data DIR``, ``--config`` and overrides."""
+        cmd = group.add_parser(name, help=text)
+        cmd.add_argument("--data", type=Path, help="data folder (data.dir)")
+        _common(cmd)
+        return cmd
+
     feats = sub.add_parser("features", help="behavioural features").add_subparsers(dest="action", required=True)
-    fb = feats.add_parser("build", help="point-in-time features + online snapshot")
-    fb.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(fb)
-
+    command(feats, "build", "point-in-time features + online snapshot")
     tm = sub.add_parser("textmodel", help="the GPT encoder").add_subparsers(dest="action", required=True)
-    tt = tm.add_parser("train", help="fine-tune on click labels; save the model and interest scores")
-    tt.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(tt)
-    te = tm.add_parser("embed", help="re-encode the catalogue with the saved model; rewrite interest scores")
-    te.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(te)
-
+    command(tm, "train", "fine-tune on click labels; save the model and interest scores")
+    command(tm, "embed", "re-encode the catalogue with the saved model; rewrite interest scores")
     rk = sub.add_parser("ranker", help="the LambdaRank ranker").add_subparsers(dest="action", required=True)
-    rt = rk.add_parser("train", help="fit LambdaRank (tuned on validation) and write the evaluation report")
-    rt.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(rt)
-
-    reg = sub.add_parser("register", help="log and register the trained text model and ranker in MLflow")
-    reg.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(reg)
-    pro = sub.add_parser("promote", help="move champion to the newest ranker version if it wins on test")
-    pro.add_argument("--data", type=Path, help="data folder (data.dir)")
-    pro.add_argument("--force", action="store_true", help="promote even if the challenger does not win")
-    _common(pro)
-    rb = sub.add_parser("rollback", help="move champion back to the previous champion")
-    rb.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(rb)
-
-    ev = sub.add_parser("evaluate", help="evaluate systems on a split and write the report")
-    ev.add_argument("--data", type=Path, help="data folder (data.dir)")
-    ev.add_argument("--split", choices=["val", "test"], default="test")
-    _common(ev)
-
-    pipe = sub.add_parser(
-        "pipeline", help="prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote"
+    command(rk, "train", "fit LambdaRank (tuned on validation) and write the evaluation report")
+    command(sub, "register", "log and register the trained text model and ranker in MLflow")
+    command(sub, "promote", "move champion to the newest ranker version if it wins on test").add_argument(
+        "--force", action="store_true", help="promote even if the challenger does not win"
     )
-    pipe.add_argument("--data", type=Path, help="data folder (data.dir)")
-    _common(pipe)
+    command(sub, "rollback", "move champion back to the previous champion")
+    command(sub, "evaluate", "evaluate systems on a split and write the report").add_argument(
+        "--split", choices=["val", "test"], default="test"
+    )
+    command(sub, "pipeline", "prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote")
     return parser
 
 
@@ -118,7 +102,11 @@ def print_training(summary: dict) -> None:
         table.add_column(head)
     for e in summary["train"]["epochs"]:
         table.add_row(
-            str(e["epoch"]), e.get("phase", ""), f"{e['train_loss']:.4f}", f"{e['val_metric']:.4f}", str(e["steps"]),
+            str(e["epoch"]),
+            e.get("phase", ""),
+            f"{e['train_loss']:.4f}",
+            f"{e['val_metric']:.4f}",
+            str(e["steps"]),
             f"{e['seconds']:.1f}",
         )
     console.print(table)

@@ -35,6 +35,17 @@ def trained(cfg, catalogue, sets, method: str):
     return cfg, backbone, model, encoder, before, result
 
 
+def save(tmp_path: Path, cfg, catalogue, backbone, model, memory) -> Path:
+    return save_text_model(
+        tmp_path / "tm",
+        model,
+        cfg.textmodel,
+        backbone.identity,
+        embedding_table(catalogue.item_ids, memory),
+        {"history_cap": cfg.data.history_cap},
+    )
+
+
 @pytest.mark.parametrize("method", sorted(PEFT_METHODS))
 def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -> None:
     cfg, catalogue, sets = tiny_data
@@ -49,14 +60,7 @@ def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -
         assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in adapters)
     memory = encoder.encode_all()
     scores = score_rows(model, memory, sets["test"])
-    folder = save_text_model(
-        tmp_path / "tm",
-        model,
-        cfg.textmodel,
-        backbone.identity,
-        embedding_table(catalogue.item_ids, memory),
-        {"history_cap": cfg.data.history_cap},
-    )
+    folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
     loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
     reloaded_memory = torch.from_numpy(loaded.table["vector"].to_numpy())
     np.testing.assert_array_equal(score_rows(loaded.model, reloaded_memory, sets["test"]), scores)
@@ -95,14 +99,7 @@ def test_scorer_matches_bulk_scores_and_encodes_unknown_items(tiny_data, tmp_pat
     cfg, catalogue, sets = tiny_data
     cfg, backbone, model, encoder, _, _ = trained(cfg, catalogue, sets, "lora")
     memory = encoder.encode_all()
-    folder = save_text_model(
-        tmp_path / "tm",
-        model,
-        cfg.textmodel,
-        backbone.identity,
-        embedding_table(catalogue.item_ids, memory),
-        {"history_cap": cfg.data.history_cap},
-    )
+    folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
     scorer = TextScorer(load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu")), torch.device("cpu"))
     test = sets["test"]
     bulk = scored_frame(test, score_rows(model, memory, test))
