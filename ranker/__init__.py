@@ -1,19 +1,28 @@
-"""Ranking: metrics, system comparison and evaluation (the LambdaRank model and the pipeline come next)."""
+"""Ranking: metrics, comparison, the ranking frame, LambdaRank, the ranking pipeline, loading a registered pair."""
 
 from ranker.compare import Interval, compare_systems, paired_bootstrap
 from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
+from ranker.frame import RankerInputs, RankingFrameError, model_matrix, ranking_frame
 from ranker.metrics import MetricInputError, auc, per_group_metrics, ranking_metrics, summarize
+from ranker.pipeline import Candidate, RankingPipeline, RankingRequestError
 
 __all__ = [
     "BASELINES",
+    "Candidate",
     "EvaluationResult",
     "Interval",
     "MetricInputError",
+    "RankerInputs",
+    "RankingFrameError",
+    "RankingPipeline",
+    "RankingRequestError",
     "auc",
     "compare_systems",
     "evaluate_systems",
+    "model_matrix",
     "paired_bootstrap",
     "per_group_metrics",
+    "ranking_frame",
     "ranking_metrics",
     "summarize",
 ]

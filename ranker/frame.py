@@ -7,7 +7,6 @@ layout it needs (feature order, categorical vocabularies) is a :class:`RankerInp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -123,7 +122,3 @@ def split_rows(frame: pl.DataFrame, split: str) -> pl.DataFrame:
     if part.height == 0:
         raise RankingFrameError(f"ranking frame: no rows in the {split} split")
     return part
-
-
-def feature_names(inputs: RankerInputs) -> Sequence[str]:
-    return list(inputs.features)

@@ -1,3 +1,31 @@
-"""The PEFT-tuned GPT encoder: backbone loading, towers, training, export (issue 3)."""
+"""The PEFT-tuned GPT encoder: backbone loading, layer cache, towers, click training, export, scoring."""
 
-__all__: list[str] = []
+from textmodel.artifact import LoadedTextModel, load_text_model, save_text_model
+from textmodel.backbone import Backbone, BackboneError, BackboneIdentity, load_backbone
+from textmodel.data import Catalogue, ImpressionSet, TextDataError
+from textmodel.model import build_text_model, resolve_device
+from textmodel.peft_methods import PEFT_METHODS
+from textmodel.scoring import TextScorer, score_rows
+from textmodel.towers import TextModel
+from textmodel.train import ClickTrainer, TrainResult
+
+__all__ = [
+    "PEFT_METHODS",
+    "Backbone",
+    "BackboneError",
+    "BackboneIdentity",
+    "Catalogue",
+    "ClickTrainer",
+    "ImpressionSet",
+    "LoadedTextModel",
+    "TextDataError",
+    "TextModel",
+    "TextScorer",
+    "TrainResult",
+    "build_text_model",
+    "load_backbone",
+    "load_text_model",
+    "resolve_device",
+    "save_text_model",
+    "score_rows",
+]
