@@ -139,6 +139,11 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(description="auto = CUDA when available.")
     bf16: Literal["auto", "on", "off"] = Field(description="bf16 autocast; auto = on with CUDA only.")
     encode_batch_tokens: int = Field(gt=0, description="Token budget of one encoding batch (items x padded length).")
+    oof_folds: int = Field(
+        ge=0,
+        description="Interest scores of the train rows come from heads trained on the other folds (cross-fitting), "
+        "so the ranker fitted on them sees honest scores; 0 = in-sample scores.",
+    )
 
 
 class TextModelConfig(_Strict):

@@ -58,7 +58,14 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     encoder.build_cache(progress=progress)
     cache_seconds = time.perf_counter() - t0
     trainer = ClickTrainer(model, encoder, tm.train, device, impression_auc)
+    towers = {id(p) for p in model.tower_parameters()}
+    init_towers = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in towers}
     result = trainer.fit(sets["train"], sets["val"], progress=progress)
+    oof = None
+    if tm.train.oof_folds > 1:
+        t0 = time.perf_counter()
+        oof = trainer.out_of_fold_scores(sets["train"], sets["val"], tm.train.oof_folds, init_towers)
+        oof_seconds = time.perf_counter() - t0
     memory = encoder.encode_all(progress=progress)
     metrics = {
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
@@ -70,13 +77,18 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         "train": result.to_json(),
         "impression_auc": metrics,
         "cache_seconds": cache_seconds,
+        "train_interest": f"out_of_fold({tm.train.oof_folds})" if oof is not None else "in_sample",
+        "oof_seconds": oof_seconds if oof is not None else 0.0,
         "total_seconds": time.perf_counter() - started,
     }
     out = save_text_model(
         model_dir(cfg), model, tm, backbone.identity, embedding_table(catalogue.item_ids, memory), extra
     )
-    interest = pl.concat([interest_frame(model, memory, data) for data in sets.values()])
-    write_parquet_atomic(interest, Path(cfg.data.dir) / INTEREST_FILE)
+    frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
+    if oof is not None:
+        frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof))
+        extra["impression_auc"]["train_out_of_fold"] = impression_auc(scored_frame(sets["train"], oof))
+    write_parquet_atomic(pl.concat(list(frames.values())), Path(cfg.data.dir) / INTEREST_FILE)
     return {"model_dir": str(out), **extra}
 
 
@@ -110,6 +122,15 @@ def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         memory = scorer.encode_texts(catalogue.texts)
     seconds = time.perf_counter() - t0
     write_parquet_atomic(embedding_table(catalogue.item_ids, memory), model_dir(cfg) / EMBEDDINGS_FILE)
-    interest = pl.concat([interest_frame(loaded.model, memory, data) for data in sets.values()])
+    frames = {split: interest_frame(loaded.model, memory, data) for split, data in sets.items()}
+    if str(loaded.meta.get("train_interest", "")).startswith("out_of_fold"):
+        # Cross-fitted train-row scores cannot be recomputed from the final model: keep the trained ones.
+        previous = pl.read_parquet(Path(cfg.data.dir) / INTEREST_FILE)
+        frames["train"] = (
+            frames["train"]
+            .select("impression_id", "item_id")
+            .join(previous, on=["impression_id", "item_id"], how="left", maintain_order="left")
+        )
+    interest = pl.concat(list(frames.values()))
     write_parquet_atomic(interest, Path(cfg.data.dir) / INTEREST_FILE)
     return {"items": len(catalogue.item_ids), "items_per_s": len(catalogue.item_ids) / seconds, "rows": interest.height}

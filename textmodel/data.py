@@ -97,6 +97,20 @@ class ImpressionSet:
     def num_rows(self) -> int:
         return len(self.row_item)
 
+    def subset(self, keep: np.ndarray) -> ImpressionSet:
+        """The impressions where ``keep`` (M,) is true, with their rows (impression indices renumbered)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        rows = keep[self.row_impression]
+        return ImpressionSet(
+            impression_ids=[i for i, k in zip(self.impression_ids, keep, strict=True) if k],
+            history=self.history[keep],
+            row_item=self.row_item[rows],
+            row_impression=new_index[self.row_impression[rows]],
+            row_label=self.row_label[rows],
+            row_keys=self.row_keys.filter(pl.Series(rows)),
+        )
+
 
 @dataclass
 class Batch:

@@ -173,6 +173,45 @@ class ClickTrainer:
         self.model.load_state_dict(self._best_state, strict=False)
         self._memory = self._vectors(pooled, progress)
 
+    def out_of_fold_scores(
+        self, train: ImpressionSet, val: ImpressionSet, folds: int, init_towers: dict[str, torch.Tensor]
+    ) -> np.ndarray:
+        """Interest scores of ``train``'s rows from heads that never saw them: for each of ``folds`` folds of
+        impressions, the towers are re-initialised and probe-trained (over the final adapters' pooled vectors,
+        early-stopped on ``val``) on the other folds, then score the held-out fold.
+
+        A ranker fitted on train rows needs this: in-sample scores look better than the scores it will get
+        at serving time, and it would learn to trust them too much. (The adapters still saw every train row;
+        they move the pooled vectors little next to what the head memorises.)
+        """
+        final = self._trainable_state()
+        pooled = self.encoder.pooled_all()
+        fold_of = np.random.default_rng(self.cfg.seed + 1).integers(0, folds, len(train.impression_ids))
+        scores = np.empty(train.num_rows, dtype=np.float64)
+        towers = {"params": [*self.model.tower_parameters(), self.bias], "lr": self.cfg.head_lr}
+        for fold in range(folds):
+            self.model.load_state_dict(init_towers, strict=False)
+            self._best_state = self._trainable_state()
+            self._memory = self._vectors(pooled, False)
+            fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
+            rng = np.random.default_rng(self.cfg.seed + 100 + fold)
+            self._phase(
+                "oof",
+                self.cfg.probe_epochs + self.cfg.epochs,
+                train.subset(fold_of != fold),
+                val,
+                [towers],
+                pooled,
+                None,
+                rng,
+                fitted,
+                False,
+            )
+            held = fold_of[train.row_impression] == fold
+            scores[held] = score_rows(self.model, self._memory, train.subset(fold_of == fold))
+        self.model.load_state_dict(final, strict=False)
+        return scores
+
     def _vectors(self, pooled: torch.Tensor | None, progress: bool) -> torch.Tensor:
         if pooled is not None:
             with torch.no_grad():

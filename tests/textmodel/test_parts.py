@@ -83,3 +83,13 @@ def test_softmax_examples_use_negatives_of_the_same_impression() -> None:
     assert ex.labels[0].tolist() == [1, 0, 0, 0, 0, 0]
     bce = sample_examples(data, "bce", 5, np.random.default_rng(0))
     assert len(bce) == 6 and bce.labels[:, 0].tolist() == [1, 0, 0, 1, 1, 0]
+
+
+def test_subset_keeps_whole_impressions_and_renumbers() -> None:
+    _, data = _set()
+    part = data.subset(np.array([True, False, True]))
+    assert part.impression_ids == ["x", "z"]
+    assert part.history.tolist() == [[-1, -1, -1], [1, 2, 3]]
+    assert part.row_item.tolist() == [0, 1, 2, 1]
+    assert part.row_impression.tolist() == [0, 0, 0, 1]
+    assert part.row_keys["impression_id"].to_list() == ["x", "x", "x", "z"]
