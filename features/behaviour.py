@@ -43,6 +43,21 @@ class FeatureSpec:
             history_cap=cfg.data.history_cap,
         )
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "click_windows_days": list(self.click_windows_days),
+            "ctr_prior_strength": self.ctr_prior_strength,
+            "history_cap": self.history_cap,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> FeatureSpec:
+        return cls(
+            click_windows_days=tuple(int(d) for d in raw["click_windows_days"]),
+            ctr_prior_strength=float(raw["ctr_prior_strength"]),
+            history_cap=int(raw["history_cap"]),
+        )
+
     @property
     def feature_columns(self) -> list[str]:
         """The model inputs produced here, in a fixed order."""

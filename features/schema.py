@@ -7,6 +7,7 @@ Errors name the file, the column and the problem, so a bad input is fixed in one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -59,6 +60,14 @@ def _check_columns(schema: dict[str, pl.DataType], actual: dict[str, pl.DataType
         got = actual[name]
         if got != want:
             raise DataValidationError(file, name, f"wrong type {got} (expected {want})")
+
+
+def item_text(parts: Sequence[str | None]) -> str:
+    """An item's text for the text model: its non-empty fields, stripped, joined with ". " (``title. body``).
+
+    The catalogue and items that arrive with a request (unknown to the model) both go through this.
+    """
+    return ". ".join(p.strip() for p in parts if p and p.strip())
 
 
 def conform(frame: pl.DataFrame, table: str, file: str | Path) -> pl.DataFrame:

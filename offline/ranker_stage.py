@@ -40,9 +40,9 @@ class RankerRun:
 
 def _frame(cfg: Config, inputs: RankerInputs) -> pl.DataFrame:
     d = Path(cfg.data.dir)
-    interest = pl.read_parquet(d / INTEREST_FILE) if inputs.uses_text else None
     if inputs.uses_text and not (d / INTEREST_FILE).is_file():
         raise FileNotFoundError(f"{d / INTEREST_FILE}: not found (run `recrank textmodel train` first)")
+    interest = pl.read_parquet(d / INTEREST_FILE) if inputs.uses_text else None
     return ranking_frame(read_features(d).collect(), read_items(d).collect(), interest, inputs)
 
 
@@ -69,7 +69,7 @@ def save_ranker(run: RankerRun, folder: Path) -> None:
     """``DIR/ranker``: the boosters (combined, features-only) as LightGBM text and their metadata."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        meta = {"feature_spec": run.spec.__dict__}
+        meta = {"feature_spec": run.spec.to_json()}
         for name, fit, inputs in (("combined", run.fit, run.inputs), ("features_only", run.features_only, None)):
             if fit is None:
                 continue
@@ -91,9 +91,7 @@ def load_ranker_run(cfg: Config) -> RankerRun:
     if not (folder / "ranker.json").is_file():
         raise FileNotFoundError(f"{folder / 'ranker.json'}: not found (run `recrank ranker train` first)")
     meta = json.loads((folder / "ranker.json").read_text())
-    spec = FeatureSpec(
-        **{**meta["feature_spec"], "click_windows_days": tuple(meta["feature_spec"]["click_windows_days"])}
-    )
+    spec = FeatureSpec.from_json(meta["feature_spec"])
 
     def fit_of(name: str) -> tuple[FitResult, RankerInputs] | None:
         if name not in meta:

@@ -127,7 +127,7 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
             pip_requirements=[f"lightgbm=={__import__('lightgbm').__version__}"],
             metadata={
                 "ranker_inputs": run.inputs.to_json(),
-                "feature_spec": run.spec.__dict__,
+                "feature_spec": run.spec.to_json(),
                 TEXTMODEL_TAG: textmodel_version,
             },
         )

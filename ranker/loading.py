@@ -50,16 +50,11 @@ def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
     meta = get_model_info(uri).metadata or {}
     if "ranker_inputs" not in meta or "feature_spec" not in meta:
         raise ModelPairError(f"{uri}: model metadata lacks ranker_inputs/feature_spec (not logged by recrank?)")
-    spec = meta["feature_spec"]
     return RankerVersion(
         version=str(version),
         booster=mlflow.lightgbm.load_model(uri),
         inputs=RankerInputs.from_json(meta["ranker_inputs"]),
-        spec=FeatureSpec(
-            click_windows_days=tuple(spec["click_windows_days"]),
-            ctr_prior_strength=float(spec["ctr_prior_strength"]),
-            history_cap=int(spec["history_cap"]),
-        ),
+        spec=FeatureSpec.from_json(meta["feature_spec"]),
         textmodel_version=mv.tags.get(TEXTMODEL_TAG),
     )
 

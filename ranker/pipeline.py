@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from features.behaviour import FeatureSpec, OnlineSnapshot, online_rows
+from features.schema import item_text
 from ranker.frame import RankerInputs, with_interest_rank
 from ranker.lambdarank import predict
 
@@ -40,8 +41,7 @@ class Candidate:
     category: str | None = None
 
     def text(self, fields: Sequence[str]) -> str:
-        parts = [getattr(self, f, None) or "" for f in fields]
-        return ". ".join(p.strip() for p in parts if p and p.strip())
+        return item_text([getattr(self, f, None) for f in fields])
 
 
 @dataclass

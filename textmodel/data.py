@@ -14,6 +14,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from features.schema import item_text
+
 
 class TextDataError(ValueError):
     """The data cannot feed the text model; the message names the table and column."""
@@ -33,9 +35,7 @@ class Catalogue:
         if missing:
             raise TextDataError(f"items: column {missing[0]!r} missing (textmodel.text_fields = {list(fields)})")
         items = items.sort("item_id")
-        parts = [pl.col(f).fill_null("").str.strip_chars() for f in fields]
-        texts = items.select(pl.concat_list(parts).list.eval(pl.element().filter(pl.element() != "")).list.join(". "))
-        texts = texts.to_series().to_list()
+        texts = [item_text(row) for row in items.select(list(fields)).iter_rows()]
         empty = [items["item_id"][i] for i, t in enumerate(texts) if not t]
         if empty:
             raise TextDataError(
