@@ -217,6 +217,62 @@ class MlflowConfig(_Strict):
     promotion_margin: float = Field(ge=0, description="Required gain of the challenger over the champion.")
 
 
+class RayConfig(_Strict):
+    """Where Ray runs. Local by default, bound to loopback; an address joins an existing cluster."""
+
+    address: str | None = Field(
+        description="null: start a local Ray on this machine; 'auto' or 'ray://host:10001' joins a running cluster."
+    )
+    host: str = Field(description="Interface a local Ray binds to (loopback unless you mean to expose it).")
+    num_cpus: int | None = Field(gt=0, description="CPUs a local Ray may use; null = all.")
+    object_store_mb: int = Field(gt=0, description="Object store size of a local Ray (Ray's default is 30% of RAM).")
+
+
+class EncoderDeploymentConfig(_Strict):
+    """The text-encoder deployment: encodes candidate items missing from the embedding table."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto = a GPU (num_gpus: 1) when Ray sees one.")
+    num_replicas: int = Field(gt=0, description="Encoder replicas.")
+    max_batch_items: int = Field(gt=0, description="Most items encoded in one batched call (batched by items).")
+    batch_wait_timeout_s: float = Field(ge=0, description="How long a batch waits to fill before it runs.")
+
+
+class ServingConfig(_Strict):
+    """The ranking API (``recrank serve``, ``serve run conf/serve.yaml``)."""
+
+    engine: Literal["ray", "uvicorn"] = Field(
+        description="ray: Ray Serve (scale-out, GPU encoder); uvicorn: the same FastAPI app standalone."
+    )
+    host: str = Field(description="HTTP bind address (loopback unless you mean to expose the API).")
+    port: int = Field(ge=0, le=65535, description="HTTP port (0 = any free port).")
+    model_alias: str = Field(description="Registry alias served: <prefix>-ranker@alias and the textmodel it pins.")
+    reload_interval_s: float = Field(ge=0, description="How often the alias is polled for a new champion; 0 = never.")
+    max_candidates: int = Field(gt=0, description="Largest candidate list one request may carry.")
+    max_text_chars: int = Field(gt=0, description="Longest title/body/category a candidate may carry.")
+    max_body_bytes: int = Field(gt=0, description="Largest request body accepted (413 above).")
+    max_id_chars: int = Field(gt=0, description="Longest user or item id accepted.")
+    auth_token_env: str = Field(
+        description="Environment variable holding the bearer token; when it is set, requests need "
+        "'Authorization: Bearer <token>'."
+    )
+    ingress_replicas: int = Field(gt=0, description="Ray Serve ingress replicas.")
+    max_ongoing_requests: int = Field(gt=0, description="Requests one ingress replica works on at once.")
+    ingress_num_cpus: float = Field(ge=0, description="CPUs Ray reserves per ingress replica.")
+    access_log: bool = Field(description="Log every request (costs CPU on small machines).")
+    encoder: EncoderDeploymentConfig
+
+
+class ScoringConfig(_Strict):
+    """Offline batch scoring (``recrank score``) on Ray Data."""
+
+    model_alias: str = Field(description="Registry alias scored with (resolved once, at the start of the job).")
+    workers: int = Field(gt=0, description="Ranking-pipeline actors in the Ray Data actor pool.")
+    shard_requests: int = Field(
+        gt=0, description="Requests per shard: the unit of work, of output files and of resumption after a crash."
+    )
+    gpus_per_worker: float = Field(ge=0, description="GPUs per actor (0 on CPU machines).")
+
+
 class Config(_Strict):
     """The whole configuration of one recrank run."""
 
@@ -227,3 +283,6 @@ class Config(_Strict):
     textmodel: TextModelConfig
     ranker: RankerConfig
     mlflow: MlflowConfig
+    ray: RayConfig
+    serving: ServingConfig
+    scoring: ScoringConfig

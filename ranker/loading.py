@@ -76,6 +76,17 @@ def textmodel_folder(client, prefix: str, version: str) -> Path:
     return folder
 
 
+def resolve_alias(client, prefix: str, alias: str) -> str:
+    """The ranker version behind ``<prefix>-ranker@alias`` (resolve once, then load by version: an alias
+    that moves while a job runs must not change the models half-way through it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(ranker_name(prefix), alias).version)
+    except MlflowException as exc:
+        raise ModelPairError(f"no {ranker_name(prefix)}@{alias}: {exc.message}") from None
+
+
 def load_pipeline(
     client,
     prefix: str,
@@ -85,18 +96,24 @@ def load_pipeline(
     device: torch.device,
 ) -> RankingPipeline:
     """The ranking pipeline of ``<prefix>-ranker@alias`` and its pinned text model, over the online snapshot."""
-    from mlflow.exceptions import MlflowException
+    return load_pipeline_version(client, prefix, resolve_alias(client, prefix, alias), data_dir, cache_dir, device)
 
-    try:
-        mv = client.get_model_version_by_alias(ranker_name(prefix), alias)
-    except MlflowException as exc:
-        raise ModelPairError(f"no {ranker_name(prefix)}@{alias}: {exc.message}") from None
-    ranker = load_ranker_version(client, prefix, mv.version)
+
+def load_pipeline_version(
+    client,
+    prefix: str,
+    version: str,
+    data_dir: Path,
+    cache_dir: Path,
+    device: torch.device,
+) -> RankingPipeline:
+    """The ranking pipeline of ranker ``version`` and exactly the textmodel version it pins."""
+    ranker = load_ranker_version(client, prefix, version)
     text = None
-    versions = {"ranker": str(mv.version)}
+    versions = {"ranker": str(version)}
     if ranker.inputs.uses_text:
         if not ranker.textmodel_version:
-            raise ModelPairError(f"{ranker_name(prefix)} version {mv.version} has no {TEXTMODEL_TAG} tag")
+            raise ModelPairError(f"{ranker_name(prefix)} version {version} has no {TEXTMODEL_TAG} tag")
         from textmodel.artifact import load_text_model
         from textmodel.scoring import TextScorer
 

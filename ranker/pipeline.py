@@ -65,6 +65,10 @@ class RankingPipeline:
     def history(self, user_id: str) -> list[str]:
         return self._history.get(user_id, [])
 
+    def needs_text(self, item_id: str) -> bool:
+        """True when ``item_id`` can be scored only with its text (the text model has no vector for it)."""
+        return self.text is not None and item_id not in self.text.index
+
     def score_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """Booster scores of feature rows that already carry the interest score (when the ranker uses it)."""
         if self.inputs.uses_text and "interest_rank" not in frame.columns:
@@ -99,7 +103,7 @@ class RankingPipeline:
         fields = self.text.config.text_fields
         texts = {}
         for c in new:
-            if c.item_id in self.text.index:
+            if not self.needs_text(c.item_id):
                 continue
             text = c.text(fields)
             if not text:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from sample_data import TINY_SYNTHETIC, write_mind
+from sample_data import TEXT_OVERRIDES, TINY_SYNTHETIC, write_mind
 
 from conf import Config, load_config
 from features.adapters.synthetic import SyntheticWorld
@@ -57,3 +57,32 @@ def ml100k_dir(tmp_path_factory) -> Path:
     prepare_dataset(cfg.data, progress=False)
     build_features(out, FeatureSpec.from_config(cfg))
     return out
+
+
+SERVED_RANKER_OVERRIDES = [
+    "ranker.tune={}",
+    "ranker.params.n_estimators=60",
+    "ranker.early_stopping_rounds=20",
+    "ranker.params.min_child_samples=20",
+    "evaluation.bootstrap_samples=200",
+]
+
+
+@pytest.fixture(scope="session")
+def served_world(tmp_path_factory, model_cache: Path) -> Config:
+    """A tiny world run through the whole pipeline once (trained, registered, champion = version 1).
+
+    Shared by serving and batch-scoring tests, which only read it: tests that move aliases build their own.
+    """
+    from offline.cli import main
+
+    root = tmp_path_factory.mktemp("served")
+    args = [
+        *TINY_SYNTHETIC,
+        f"data.dir={root / 'd'}",
+        f"textmodel.cache_dir={model_cache}",
+        *TEXT_OVERRIDES,
+        *SERVED_RANKER_OVERRIDES,
+    ]
+    assert main(["pipeline", *args]) == 0
+    return load_config(None, args)
