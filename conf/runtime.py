@@ -26,6 +26,15 @@ LOCAL_RAY_ENV = {
 }
 
 
+def prepare_ray_env(cfg: RayConfig, address: str | None = None) -> None:
+    """Set the local-Ray environment. Call it before anything imports ``ray``: some of these are read at
+    import time (an entry point that imports ``ray.serve`` first would leave Ray listening on all interfaces).
+    """
+    if (address if address is not None else cfg.address) is None:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+
+
 def start_ray(cfg: RayConfig, *, address: str | None = None, log_to_driver: bool = False) -> bool:
     """Connect to ``address`` (or ``cfg.address``) or start a local Ray; returns True when this call started it.
 
@@ -33,9 +42,7 @@ def start_ray(cfg: RayConfig, *, address: str | None = None, log_to_driver: bool
     so a caller only shuts down what it started.
     """
     target = address if address is not None else cfg.address
-    if target is None:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
+    prepare_ray_env(cfg, address)
     import ray
 
     if ray.is_initialized():

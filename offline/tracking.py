@@ -12,17 +12,9 @@ import subprocess
 from pathlib import Path
 
 from conf import Config
+from ranker.loading import tracking_uri
 
-
-def tracking_uri(cfg: Config) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if cfg.mlflow.tracking_uri:
-        return cfg.mlflow.tracking_uri
-    db = (Path(cfg.data.dir) / "mlflow" / "mlflow.db").resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+__all__ = ["artifact_location", "git_commit", "setup", "tracking_uri", "ui_command"]
 
 
 def artifact_location(cfg: Config) -> str | None:

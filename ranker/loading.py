@@ -5,21 +5,50 @@ never pair a ranker with a text model it was not trained on: a missing or unread
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from conf import Config
 from features.behaviour import FeatureSpec
 from features.build import read_snapshot
 from ranker.frame import RankerInputs
 from ranker.pipeline import RankingPipeline
+
+if TYPE_CHECKING:  # torch is imported only when a text model is loaded
+    import torch
 
 TEXTMODEL_TAG = "textmodel_version"
 
 
 class ModelPairError(RuntimeError):
     """The registry does not hold a usable (ranker, textmodel) pair for the request."""
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The MLflow store: ``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else SQLite under the data folder."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    db = (Path(cfg.data.dir) / "mlflow" / "mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def registry_client(cfg: Config):
+    """A read-only-use MLflow client on the configured store (no experiment set-up: loading never logs)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ranker_name(prefix: str) -> str:
@@ -128,3 +157,34 @@ def load_pipeline_version(
         text=text,
         versions=versions,
     )
+
+
+def device_for(cfg: Config, name: str | None = None) -> torch.device:
+    """The torch device for ``name`` (default ``textmodel.train.device``): auto = CUDA when available."""
+    from textmodel.model import resolve_device
+
+    return resolve_device(name or cfg.textmodel.train.device)
+
+
+def load_configured_pipeline(cfg: Config, version: str, device: torch.device | None = None) -> RankingPipeline:
+    """The pipeline of ranker ``version`` with the store, data folder and model cache of ``cfg``.
+
+    The one loader behind the API, batch scoring and the tests that compare them.
+    """
+    return load_pipeline_version(
+        registry_client(cfg),
+        cfg.mlflow.model_prefix,
+        version,
+        Path(cfg.data.dir),
+        Path(cfg.textmodel.cache_dir),
+        device or device_for(cfg),
+    )
+
+
+def load_text_scorer(cfg: Config, textmodel_version: str, device: torch.device):
+    """Just the text model of one registered version (the encoder deployment needs no ranker or snapshot)."""
+    from textmodel.artifact import load_text_model
+    from textmodel.scoring import TextScorer
+
+    folder = textmodel_folder(registry_client(cfg), cfg.mlflow.model_prefix, textmodel_version)
+    return TextScorer(load_text_model(folder, Path(cfg.textmodel.cache_dir), device), device)

@@ -61,9 +61,14 @@ class RankingPipeline:
             else {}
         )
         self._known_items = set(self.snapshot.items["item_id"].to_list())
+        self._users = set(users["user_id"].to_list())
 
     def history(self, user_id: str) -> list[str]:
         return self._history.get(user_id, [])
+
+    def knows_user(self, user_id: str) -> bool:
+        """False for a user with no events before the snapshot (scored by the cold-start path)."""
+        return user_id in self._users
 
     def needs_text(self, item_id: str) -> bool:
         """True when ``item_id`` can be scored only with its text (the text model has no vector for it)."""
@@ -75,8 +80,18 @@ class RankingPipeline:
             frame = with_interest_rank(frame)
         return predict(self.booster, frame, self.inputs)
 
-    def request_frame(self, user_id: str, candidates: Sequence[Candidate], at: datetime | None = None) -> pl.DataFrame:
-        """Feature rows (+ interest score) for one request, candidates in request order."""
+    def request_frame(
+        self,
+        user_id: str,
+        candidates: Sequence[Candidate],
+        at: datetime | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> pl.DataFrame:
+        """Feature rows (+ interest score) for one request, candidates in request order.
+
+        ``vectors``: item vectors already encoded elsewhere (the serving encoder deployment) for items
+        that need text; items missing from it are encoded here.
+        """
         ids = [c.item_id for c in candidates]
         if not ids:
             raise RankingRequestError("no candidates to rank")
@@ -94,15 +109,21 @@ class RankingPipeline:
         )
         frame = online_rows(self.snapshot, user_id, ids, at or self.snapshot.as_of, self.spec, new_items)
         if self.inputs.uses_text:
-            texts = self._texts(new)
-            scores = self.text.scores(self.history(user_id), ids, texts)
+            texts = self.texts_needed(candidates)
+            scores = self.text.scores(self.history(user_id), ids, texts, vectors)
             frame = frame.with_columns(pl.Series("interest_score", scores), pl.lit("request").alias("impression_id"))
         return frame
 
-    def _texts(self, new: Sequence[Candidate]) -> Mapping[str, str]:
+    def texts_needed(self, candidates: Sequence[Candidate]) -> dict[str, str]:
+        """``item_id -> text`` of the candidates the text model has no vector for (empty without a text model).
+
+        Raises :class:`RankingRequestError` naming the first such item that carries no text.
+        """
+        if self.text is None:
+            return {}
         fields = self.text.config.text_fields
         texts = {}
-        for c in new:
+        for c in candidates:
             if not self.needs_text(c.item_id):
                 continue
             text = c.text(fields)
@@ -111,15 +132,26 @@ class RankingPipeline:
             texts[c.item_id] = text
         return texts
 
-    def score(self, user_id: str, candidates: Sequence[Candidate], at: datetime | None = None) -> np.ndarray:
+    def score(
+        self,
+        user_id: str,
+        candidates: Sequence[Candidate],
+        at: datetime | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Scores of ``candidates`` for ``user_id`` (request order)."""
-        return self.score_frame(self.request_frame(user_id, candidates, at))
+        return self.score_frame(self.request_frame(user_id, candidates, at, vectors))
 
     def rank(
-        self, user_id: str, candidates: Sequence[Candidate], k: int | None = None, at: datetime | None = None
+        self,
+        user_id: str,
+        candidates: Sequence[Candidate],
+        k: int | None = None,
+        at: datetime | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
-        scores = self.score(user_id, candidates, at)
+        scores = self.score(user_id, candidates, at, vectors)
         order = np.argsort(-scores, kind="stable")
         ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
         return ranked[:k] if k else ranked

@@ -65,19 +65,31 @@ class TextScorer:
         encoder = ItemEncoder(self.model.items, tokens, self.config.train.encode_batch_tokens, self.device)
         return encoder.encode_all()
 
-    def item_vectors(self, item_ids: Sequence[str], texts: Mapping[str, str] | None = None) -> torch.Tensor:
-        """Vectors of ``item_ids`` from the table; unknown ones encoded from ``texts`` (KeyError if absent)."""
+    def item_vectors(
+        self,
+        item_ids: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> torch.Tensor:
+        """Vectors of ``item_ids`` from the table, else from ``given`` (encoded elsewhere, e.g. by the serving
+        encoder), else encoded here from ``texts`` (KeyError if absent)."""
         texts = texts or {}
-        unknown = [i for i in item_ids if i not in self.index]
+        fresh = {i: torch.as_tensor(v, dtype=self.vectors.dtype, device=self.device) for i, v in (given or {}).items()}
+        unknown = [i for i in item_ids if i not in self.index and i not in fresh]
         missing = [i for i in unknown if i not in texts]
         if missing:
             raise KeyError(f"item {missing[0]!r} is not in the embedding table and has no text")
-        fresh = dict(zip(unknown, self.encode_texts([texts[i] for i in unknown]), strict=True)) if unknown else {}
+        if unknown:
+            fresh.update(zip(unknown, self.encode_texts([texts[i] for i in unknown]), strict=True))
         return torch.stack([fresh[i] if i in fresh else self.vectors[self.index[i]] for i in item_ids])
 
     @torch.no_grad()
     def scores(
-        self, history: Sequence[str], candidates: Sequence[str], texts: Mapping[str, str] | None = None
+        self,
+        history: Sequence[str],
+        candidates: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Interest scores of ``candidates`` for a user whose clicked items are ``history`` (oldest first)."""
         known = [self.index[i] for i in history if i in self.index][-self.history_cap :]
@@ -85,7 +97,7 @@ class TextScorer:
         if known:
             hist[0, -len(known) :] = known
         user = user_vectors(self.model, self.vectors, hist)  # (1, dim)
-        items = self.item_vectors(candidates, texts)  # (C, dim)
+        items = self.item_vectors(candidates, texts, given)  # (C, dim)
         return (self.model.log_scale.exp() * (items @ user[0])).double().cpu().numpy()
 
 

@@ -1,0 +1,176 @@
+"""The ranking API: one FastAPI app object, hosted by Ray Serve or by uvicorn alone.
+
+Every request goes through the in-process :class:`ranker.pipeline.RankingPipeline` of the served pair,
+the same object batch scoring and the offline evaluation use, so a score is the same wherever it comes
+from. Items the text model has no vector for are encoded by ``encode`` when given (the Ray Serve
+encoder deployment, on a GPU when one exists) and in-process otherwise.
+
+Client mistakes are 4xx with an ``error`` message naming the field; only server faults are 5xx.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations (built here at run time).
+
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from conf import ServingConfig
+from ranker.pipeline import Candidate, RankingPipeline, RankingRequestError
+from serving.limits import BodySizeLimit, describe_validation_errors
+from serving.models import ModelHolder
+from serving.schemas import ErrorBody, Health, RankedItem, RankResponse, Readiness, request_models
+
+log = logging.getLogger("recrank.serving")
+
+# (textmodel_version, texts) -> one vector per text
+Encode = Callable[[str, Sequence[str]], Awaitable[Sequence[np.ndarray]]]
+
+ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorBody, "description": "Request body larger than serving.max_body_bytes."},
+    422: {"model": ErrorBody, "description": "Invalid request: the message names the field."},
+    503: {"model": ErrorBody, "description": "Models not loaded yet."},
+}
+
+
+def _package_version() -> str:
+    try:
+        return version("recrank")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+
+def auth_dependency(token: str | None) -> Callable[..., None]:
+    """A dependency that requires ``Authorization: Bearer <token>`` when a token is configured."""
+    bearer = HTTPBearer(auto_error=False, description="Set when the server's token variable is set.")
+
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if token is None:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def example_request(pipeline: RankingPipeline, n: int = 5) -> dict[str, object]:
+    """A request body that works against ``pipeline``: its first known user and ``n`` known items."""
+    users = pipeline.snapshot.users["user_id"]
+    return {
+        "user_id": users[0] if len(users) else "new-user",
+        "candidates": pipeline.snapshot.items["item_id"].head(n).to_list(),
+        "k": 3,
+    }
+
+
+def curl_example(host: str, port: int, body: dict[str, object], auth: bool) -> str:
+    """A copy-paste ``curl`` line for ``body`` (with the bearer header when a token is set)."""
+    import json
+
+    header = ' -H "Authorization: Bearer $RECRANK_API_TOKEN"' if auth else ""
+    return f"curl -s http://{host}:{port}/rank -H 'Content-Type: application/json'{header} -d '{json.dumps(body)}'"
+
+
+def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = None) -> FastAPI:
+    """The API over ``holder``'s current pipeline. The bearer token is read from ``cfg.auth_token_env`` now."""
+    token = os.environ.get(cfg.auth_token_env) or None
+    candidate_model, request_model = request_models(cfg)
+    app = FastAPI(
+        title="recrank",
+        version=_package_version(),
+        description="Ranks a product page's candidate items for one user.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    authorised = [Depends(auth_dependency(token))]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, describe_validation_errors(exc.errors()))
+
+    @app.exception_handler(RankingRequestError)
+    async def unrankable(_: Request, exc: RankingRequestError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_fault(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal error")
+
+    @app.get("/healthz", response_model=Health, summary="The process is up")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, summary="Models loaded")
+    async def readyz() -> JSONResponse:
+        s = holder.state
+        body = Readiness(
+            ready=holder.ready,
+            versions=s.versions,
+            alias=s.alias,
+            loaded_at=s.loaded_at,
+            last_check=s.last_check,
+            reload_error=s.reload_error,
+        )
+        return JSONResponse(status_code=200 if holder.ready else 503, content=body.model_dump())
+
+    @app.get("/version", dependencies=authorised, responses={401: ERRORS[401]}, summary="Served versions")
+    async def version_info() -> dict[str, object]:
+        return {"recrank": app.version, "alias": holder.state.alias, "models": holder.state.versions}
+
+    @app.post(
+        "/rank",
+        response_model=RankResponse,
+        dependencies=authorised,
+        responses=ERRORS,
+        summary="Rank candidates for a user",
+    )
+    async def rank(body: request_model) -> RankResponse:  # type: ignore[valid-type]
+        pipeline = holder.current  # held for the whole request: a reload never swaps models under it
+        if pipeline is None:
+            raise HTTPException(503, "models are not loaded yet")
+        candidates = [Candidate(c) if isinstance(c, str) else Candidate(**c.model_dump()) for c in body.candidates]
+        seen: dict[str, int] = {}
+        for i, c in enumerate(candidates):
+            if c.item_id in seen:
+                raise HTTPException(
+                    422, f"candidates[{i}]: duplicate item_id {c.item_id!r} (also candidates[{seen[c.item_id]}])"
+                )
+            seen[c.item_id] = i
+        texts = pipeline.texts_needed(candidates)  # RankingRequestError (422) for unknown items without text
+        if texts and encode is not None:
+            vectors = await encode(pipeline.versions["textmodel"], list(texts.values()))
+            ranked = pipeline.rank(body.user_id, candidates, body.k, vectors=dict(zip(texts, vectors, strict=True)))
+        elif texts:  # in-process encoding takes long: keep the event loop free for other requests
+            ranked = await run_in_threadpool(pipeline.rank, body.user_id, candidates, body.k)
+        else:  # ~ms of CPU: cheaper inline than a thread hop
+            ranked = pipeline.rank(body.user_id, candidates, body.k)
+        return RankResponse(
+            user_id=body.user_id,
+            items=[RankedItem(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(ranked, start=1)],
+            cold_start_user=not pipeline.knows_user(body.user_id),
+            encoded_items=len(texts),
+            versions=dict(pipeline.versions),
+        )
+
+    app.state.holder = holder
+    app.state.candidate_model = candidate_model
+    return app

@@ -1,0 +1,74 @@
+"""Model holders from config, and the standalone host (uvicorn, no Ray).
+
+Both hosts serve the same :func:`serving.app.build_app` object; only where it runs differs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from conf import Config
+from ranker.loading import load_configured_pipeline, registry_client, resolve_alias
+from serving.models import ModelHolder
+
+log = logging.getLogger("recrank.serving")
+
+
+def registry_holder(cfg: Config) -> ModelHolder:
+    """A holder that serves ``<prefix>-ranker@<serving.model_alias>`` and the textmodel version it pins."""
+    alias = cfg.serving.model_alias
+
+    def resolve() -> str:
+        return resolve_alias(registry_client(cfg), cfg.mlflow.model_prefix, alias)
+
+    def load(version: str):
+        return load_configured_pipeline(cfg, version)
+
+    return ModelHolder(alias, resolve, load)
+
+
+def start_holder(cfg: Config) -> ModelHolder:
+    """Load the served pair now (a failure is logged and reported on /readyz) and keep polling the alias."""
+    holder = registry_holder(cfg)
+    if not holder.refresh():
+        log.error("no model pair loaded yet: %s (serving 503 until one loads)", holder.state.reload_error)
+    holder.start_polling(cfg.serving.reload_interval_s)
+    return holder
+
+
+def run_uvicorn(cfg: Config) -> None:
+    """Serve the API with uvicorn alone until interrupted (one process: for single small machines)."""
+    import uvicorn
+
+    from serving.app import build_app
+
+    holder = start_holder(cfg)
+    app = build_app(cfg.serving, holder)
+    announce(cfg, holder, "uvicorn")
+    try:
+        uvicorn.run(
+            app,
+            host=cfg.serving.host,
+            port=cfg.serving.port,
+            access_log=cfg.serving.access_log,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        holder.stop()
+
+
+def announce(cfg: Config, holder: ModelHolder, engine: str) -> None:
+    """Print where the API listens, the served versions and a ready ``curl`` line."""
+    import os
+
+    from serving.app import curl_example, example_request
+
+    s = cfg.serving
+    print(f"serving on http://{s.host}:{s.port} ({engine}; OpenAPI at /docs; Ctrl-C stops)", flush=True)
+    if holder.current is None:
+        print(f"not ready: {holder.state.reload_error}", flush=True)
+        return
+    print(f"models: {holder.state.versions} (alias {holder.state.alias})", flush=True)
+    body = example_request(holder.current)
+    print(curl_example(s.host, s.port, body, bool(os.environ.get(s.auth_token_env))), flush=True)

@@ -1,0 +1,73 @@
+"""HTTP request and response bodies of the ranking API.
+
+The request models are built from the serving config (:func:`request_models`), so the limits a client
+must respect (candidate count, id and text lengths) are in the OpenAPI schema itself, where client
+generators and fuzzers see them, and pydantic enforces them before any model code runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from conf import ServingConfig
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Ranker score: higher ranks first; comparable within one response.")
+    rank: int = Field(description="1 = best.")
+
+
+class RankResponse(BaseModel):
+    user_id: str
+    items: list[RankedItem] = Field(description="Candidates sorted by score (the top k when k is given).")
+    cold_start_user: bool = Field(description="True when the user has no events: scored by the cold-start path.")
+    encoded_items: int = Field(description="Candidates encoded from their text (not in the embedding table).")
+    versions: dict[str, str] = Field(description="Registered model versions used: ranker and textmodel.")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    versions: dict[str, str]
+    alias: str
+    loaded_at: str | None = Field(description="When the served pair was loaded (UTC, ISO 8601).")
+    last_check: str | None = Field(description="When the registry alias was last polled.")
+    reload_error: str | None = Field(description="Why the last load failed (the previous pair keeps serving).")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What is wrong with the request, naming the field.")
+
+
+def request_models(cfg: ServingConfig) -> tuple[type[BaseModel], type[BaseModel]]:
+    """``(CandidateIn, RankRequest)`` with the configured limits as schema constraints."""
+    ident = Annotated[str, StringConstraints(min_length=1, max_length=cfg.max_id_chars)]
+    text = Annotated[str, StringConstraints(max_length=cfg.max_text_chars)]
+    strict = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    candidate = create_model(
+        "CandidateIn",
+        __config__=strict,
+        __doc__="An item with its text: needed only for items the model has not seen.",
+        item_id=(ident, ...),
+        title=(text | None, None),
+        body=(text | None, None),
+        category=(text | None, None),
+    )
+    request = create_model(
+        "RankRequest",
+        __config__=strict,
+        __doc__="Rank candidates for a user: ids of known items, or objects with text for new items.",
+        user_id=(ident, ...),
+        candidates=(
+            Annotated[list[ident | candidate], Field(min_length=1, max_length=cfg.max_candidates)],  # type: ignore[valid-type]
+            ...,
+        ),
+        k=(Annotated[int | None, Field(ge=1, le=cfg.max_candidates)], None),
+    )
+    return candidate, request
