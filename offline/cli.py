@@ -26,6 +26,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command parser whose options may sit between its positionals and the trailing overrides.
+
+    Plain argparse fills every positional at their first run (``IN OUT``), so ``key=value`` after an
+    option would be rejected; intermixed parsing collects them. It cannot hold sub-parsers of its own.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixed", False):  # the intermixed parse calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recrank", description="Text-aware ranking for product-page carousels.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=["val", "test"], default="test"
     )
     command(sub, "pipeline", "prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote")
+    sub.add_parser("serve", help="serve the ranking API (runs python -m serving; see `recrank serve --help`)")
+    score = sub.add_parser("score", help="batch-score a parquet of (user, candidates) requests on Ray Data")
+    score.__class__ = _IntermixedParser  # `score IN OUT --workers 2 key=value`: options between positionals
+    score.add_argument("input", type=Path, help="parquet file or folder: long (one row per candidate) or list format")
+    score.add_argument("output", type=Path, help="output parquet folder (replaced only when the job succeeds)")
+    score.add_argument("--data", type=Path, help="data folder (data.dir)")
+    score.add_argument("--model-alias", help="registry alias to score with (scoring.model_alias)")
+    score.add_argument("--address", help="Ray cluster to join, e.g. ray://HOST:10001 (ray.address)")
+    score.add_argument("--workers", type=int, help="pipeline actors (scoring.workers)")
+    score.add_argument("--skip-bad-rows", action="store_true", help="write bad rows to OUTPUT/_rejects.parquet")
+    _common(score)  # after the positionals: the overrides take what is left
     return parser
 
 
@@ -81,6 +109,15 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             out.append(f"data.synthetic.{name}={value}")
+    if args.command == "score":
+        for flag, key in (
+            ("model_alias", "scoring.model_alias"),
+            ("workers", "scoring.workers"),
+            ("address", "ray.address"),
+        ):
+            value = getattr(args, flag)
+            if value is not None:
+                out.append(f"{key}={value}")
     return out
 
 
@@ -173,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
         print_decision(registry.rollback(cfg))
     elif args.command == "pipeline":
         run_pipeline(cfg)
+    elif args.command == "score":
+        from offline.scoring import score_batch
+
+        print_scoring(score_batch(cfg, args.input, args.output, skip_bad_rows=args.skip_bad_rows))
     return 0
 
 
@@ -210,6 +251,24 @@ def print_decision(decision) -> None:
     )
 
 
+def print_scoring(summary) -> None:
+    versions = summary.versions
+    table = Table(title=f"batch scoring -> {summary.output}")
+    for head in ("rows", "requests", "rows/s", "rejects", "workers", "shards (reused)", "models", "seconds"):
+        table.add_column(head)
+    table.add_row(
+        f"{summary.rows:,}",
+        f"{summary.requests:,}",
+        f"{summary.rows_per_s:,.0f}",
+        f"{summary.rejects:,}",
+        str(summary.workers),
+        f"{summary.shards} ({summary.shards_reused})",
+        f"ranker {versions['ranker']} + textmodel {versions.get('textmodel') or '-'} (@{summary.model_alias})",
+        f"{summary.seconds:.1f}",
+    )
+    console.print(table)
+
+
 def run_pipeline(cfg) -> None:
     """prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote."""
     from offline import ranker_stage, registry, stages, textmodel_stage
@@ -232,7 +291,18 @@ def run_pipeline(cfg) -> None:
     print_decision(_timed("promote", lambda: registry.promote(cfg)))
 
 
+def exec_serving(args: Sequence[str]) -> None:
+    """``recrank serve``: replace this process with ``python -m serving`` (offline never imports serving;
+    exec keeps Ctrl-C and SIGTERM going straight to the server)."""
+    import os
+
+    os.execv(sys.executable, [sys.executable, "-m", "serving", *args])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its options belong to python -m serving, not to this parser
+        exec_serving(argv[1:])
     args = build_parser().parse_args(argv)
     from conf import ConfigError
     from features.schema import DataValidationError

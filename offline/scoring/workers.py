@@ -1,0 +1,135 @@
+"""Scoring shards on Ray Data: an actor pool of ranking pipelines, one whole shard per call.
+
+Each dataset row is one shard (its candidate rows as Arrow IPC bytes) and ``map_batches`` runs with
+``batch_size=1``: Ray Data is free to bundle, split and reorder blocks, but it never splits a row, so a
+request can never be scored in two pieces (the interest-score rank is a feature over the whole list).
+Each actor loads the pipeline once, by version (the alias was resolved once, in the driver).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from conf import Config
+from ranker.pipeline import Candidate, RankingPipeline
+
+
+def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
+    """Score and rank every request in ``rows`` (whole requests, in input order) with ``pipeline.score``.
+
+    rank 1 is the best candidate of its request; equal scores keep input order (a stable sort).
+    """
+    text_cols = [c for c in ("title", "body", "category") if c in rows.columns]
+    out = []
+    for req in rows.sort("_row").partition_by("request_id", maintain_order=True):
+        if "_n" in req.columns and req.height != req["_n"][0]:
+            raise RuntimeError(f"request {req['request_id'][0]!r} reached a worker split ({req.height} rows)")
+        items = req["item_id"].to_list()
+        texts = [req[c].to_list() for c in text_cols]
+        fields = [dict(zip(text_cols, t, strict=True)) for t in zip(*texts, strict=True)] if texts else None
+        candidates = [Candidate(i, **(fields[k] if fields else {})) for k, i in enumerate(items)]
+        scores = np.asarray(pipeline.score(req["user_id"][0], candidates), dtype=np.float64)
+        rank = np.empty(len(scores), dtype=np.int32)
+        rank[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1, dtype=np.int32)
+        out.append(
+            req.select("request_id", "user_id", "item_id", "_shard").with_columns(
+                pl.Series("score", scores, dtype=pl.Float64), pl.Series("rank", rank, dtype=pl.Int32)
+            )
+        )
+    return pl.concat(out).with_columns(
+        pl.lit(pipeline.versions.get("ranker"), dtype=pl.String).alias("ranker_version"),
+        pl.lit(pipeline.versions.get("textmodel"), dtype=pl.String).alias("textmodel_version"),
+    )
+
+
+def pack_shard(shard: int, rows: pl.DataFrame) -> dict:
+    """One dataset row: the shard id and its rows as Arrow IPC bytes."""
+    sink = pa.BufferOutputStream()
+    table = rows.to_arrow()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return {"shard": shard, "rows": sink.getvalue().to_pybytes()}
+
+
+def unpack_shard(data: bytes) -> pl.DataFrame:
+    return pl.from_arrow(pa.ipc.open_stream(pa.py_buffer(data)).read_all())
+
+
+class PipelineActor:
+    """A Ray Data actor: ``__init__`` loads the pipeline of ranker ``version``; ``__call__`` scores shards."""
+
+    def __init__(self, cfg: Config, version: str) -> None:
+        from offline.tracking import setup
+        from ranker.loading import load_pipeline_version
+        from textmodel.model import resolve_device
+
+        client = setup(cfg)  # the tracking URI comes from cfg, as in the driver
+        device = resolve_device(cfg.textmodel.train.device)
+        self.pipeline = load_pipeline_version(
+            client, cfg.mlflow.model_prefix, version, cfg.data.dir, cfg.textmodel.cache_dir, device
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        rows = pl.concat([unpack_shard(b) for b in batch.column("rows").to_pylist()])
+        scored = score_rows(self.pipeline, rows)
+        # Time spent in this actor, spread over the rows: summed by the driver into worker-seconds.
+        cost = (time.perf_counter() - start) / max(scored.height, 1)
+        return scored.with_columns(pl.lit(cost, dtype=pl.Float64).alias("_cost")).to_arrow()
+
+
+def run_shards(
+    cfg: Config, version: str, shards: Sequence[tuple[int, pl.DataFrame]], on_shard: Callable[[int, pl.DataFrame], None]
+) -> float:
+    """Score ``shards`` on the running Ray with ``cfg.scoring.workers`` pipeline actors.
+
+    Results stream back to the driver as actors finish; ``on_shard(shard, scored)`` is called once per
+    shard, as soon as all of its rows have arrived (output blocks may cut or join shards). Returns the
+    seconds the actors spent scoring, summed over actors.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # keep warnings, drop per-dataset INFO lines
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours shows
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the caller shows one bar over shards
+    ctx.print_on_execution_start = False
+    expected = {k: rows.height for k, rows in shards}
+    schema = pa.schema([("shard", pa.int64()), ("rows", pa.large_binary())])
+    dataset = ray.data.from_arrow([pa.Table.from_pylist([pack_shard(k, rows)], schema=schema) for k, rows in shards])
+    gpus = cfg.scoring.gpus_per_worker
+    scored = dataset.map_batches(
+        PipelineActor,
+        fn_constructor_kwargs={"cfg": cfg, "version": version},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=cfg.scoring.workers),
+        # One core per actor: a pipeline scores request-sized batches single-threaded, so throughput
+        # grows with actors, not with threads per actor.
+        num_cpus=1,
+        num_gpus=gpus if gpus > 0 else None,
+    )
+    pending: dict[int, list[pl.DataFrame]] = {}
+    busy = 0.0
+    for part in _blocks(scored):
+        busy += part["_cost"].sum()
+        for (shard,), rows in part.partition_by("_shard", as_dict=True).items():
+            pending.setdefault(shard, []).append(rows)
+            if sum(f.height for f in pending[shard]) == expected[shard]:
+                on_shard(shard, pl.concat(pending.pop(shard)))
+    if pending:
+        raise RuntimeError(f"Ray Data returned incomplete shards: {sorted(pending)}")
+    return busy
+
+
+def _blocks(dataset) -> Iterator[pl.DataFrame]:
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if batch.num_rows:
+            yield pl.from_arrow(batch)
