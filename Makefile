@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make run   - the main job on the embedded default dataset (MovieLens-100K)
+#   make run   - the main job on the embedded default dataset (MovieLens-100K), then serve it (Ctrl-C stops)
 #   make test  - the test suite (unit + slow + integration)
 # Both create .venv and install the pinned stack (constraints.txt) on first use.
 
@@ -11,7 +11,9 @@ DATA   ?= data/ml100k
 PROFILE ?= conf/demo.yaml
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench-features clean venv
+ENGINE ?= ray
+
+.PHONY: run serve test lint bench-features bench-serving bench-scoring clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(BIN)/recrank pipeline --config $(PROFILE) data.dir=$(DATA)
+	$(BIN)/recrank serve --config $(PROFILE) --engine $(ENGINE) data.dir=$(DATA)
+
+serve: $(STAMP)
+	$(BIN)/recrank serve --config $(PROFILE) --engine $(ENGINE) data.dir=$(DATA)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,6 +41,12 @@ lint: $(STAMP)
 
 bench-features: $(STAMP)
 	$(BIN)/python bench/features.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving.py --data $(DATA) --config $(PROFILE)
+
+bench-scoring: $(STAMP)
+	$(BIN)/python bench/scoring.py --config $(PROFILE) data.dir=$(DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -116,6 +116,13 @@ def resolve_alias(client, prefix: str, alias: str) -> str:
         raise ModelPairError(f"no {ranker_name(prefix)}@{alias}: {exc.message}") from None
 
 
+def pair_versions(client, prefix: str, alias: str) -> dict[str, str | None]:
+    """``{"ranker": v, "textmodel": pinned v or None}`` behind ``<prefix>-ranker@alias``, without loading models."""
+    version = resolve_alias(client, prefix, alias)
+    tags = client.get_model_version(ranker_name(prefix), version).tags
+    return {"ranker": version, "textmodel": tags.get(TEXTMODEL_TAG)}
+
+
 def load_pipeline(
     client,
     prefix: str,

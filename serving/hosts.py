@@ -38,10 +38,14 @@ def start_holder(cfg: Config) -> ModelHolder:
 
 def run_uvicorn(cfg: Config) -> None:
     """Serve the API with uvicorn alone until interrupted (one process: for single small machines)."""
+    import torch
     import uvicorn
 
     from serving.app import build_app
 
+    # Request-sized work: extra intra-op threads only spin (they doubled CPU per request here). Ray does
+    # the same for its replicas (OMP_NUM_THREADS=1); LightGBM already predicts on one thread.
+    torch.set_num_threads(1)
     holder = start_holder(cfg)
     app = build_app(cfg.serving, holder)
     announce(cfg, holder, "uvicorn")

@@ -42,6 +42,21 @@ class TextEncoder:
         self.scorers: dict[str, Any] = {}  # textmodel version -> TextScorer (the served one and the next)
         self.encode.set_max_batch_size(enc.max_batch_items)
         self.encode.set_batch_wait_timeout_s(enc.batch_wait_timeout_s)
+        self._preload()
+
+    def _preload(self) -> None:
+        """Load the text model the served ranker pins now, not on the first request that needs it."""
+        from ranker.loading import pair_versions, registry_client
+
+        try:
+            pinned = pair_versions(
+                registry_client(self.cfg), self.cfg.mlflow.model_prefix, self.cfg.serving.model_alias
+            )
+        except Exception as exc:  # the ingress reports a missing pair on /readyz; encode loads on demand
+            log.warning("encoder: nothing preloaded (%s)", exc)
+            return
+        if pinned["textmodel"]:
+            self._scorer(pinned["textmodel"])
 
     def _scorer(self, version: str):
         if version not in self.scorers:

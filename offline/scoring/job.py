@@ -70,14 +70,6 @@ def _snapshot_fingerprint(data_dir: Path) -> list[dict]:
     return inputs.fingerprint([data_dir / f for f in files if (data_dir / f).is_file()])
 
 
-def _model_versions(cfg: Config, client) -> dict[str, str | None]:
-    from ranker.loading import TEXTMODEL_TAG, ranker_name, resolve_alias
-
-    version = resolve_alias(client, cfg.mlflow.model_prefix, cfg.scoring.model_alias)
-    tags = client.get_model_version(ranker_name(cfg.mlflow.model_prefix), version).tags
-    return {"ranker": version, "textmodel": tags.get(TEXTMODEL_TAG)}
-
-
 def _check_paths(source: Path, output: Path) -> None:
     source, output = source.resolve(), output.resolve()
     if output == source or output in source.parents or source in output.parents:
@@ -113,7 +105,7 @@ def score_batch(
 
     from conf.runtime import start_ray
     from offline.tracking import setup, tracking_uri
-    from ranker.loading import load_pipeline_version
+    from ranker.loading import load_pipeline_version, pair_versions
 
     start = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -122,7 +114,7 @@ def score_batch(
     _check_paths(source, output)
     frame = inputs.read_input(files)
     client = setup(cfg)
-    versions = _model_versions(cfg, client)
+    versions = pair_versions(client, cfg.mlflow.model_prefix, cfg.scoring.model_alias)
     # Only a pipeline knows which items it has vectors for and which text it reads: ask one (on CPU).
     pipeline = load_pipeline_version(
         client, cfg.mlflow.model_prefix, versions["ranker"], cfg.data.dir, cfg.textmodel.cache_dir, torch.device("cpu")
