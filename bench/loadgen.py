@@ -147,4 +147,5 @@ def closed_loop(
     method: str = "POST",
     timeout_s: float = 2.0,
 ) -> LoadResult:
+    APP_MS.clear()
     return asyncio.run(_closed_loop(url, method, list(bodies), concurrency, seconds, timeout_s))

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from conf import Config
-from ranker.loading import tracking_uri
+from ranker.loading import tracking_uri, use_store
 
 __all__ = ["artifact_location", "git_commit", "setup", "tracking_uri", "ui_command"]
 
@@ -37,8 +37,7 @@ def setup(cfg: Config):
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.ERROR)
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_store(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
         client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location(cfg))

@@ -38,16 +38,33 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{db}"
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's module-level store at ``uri`` without leaving it in the environment.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` (and the registry one) into
+    ``os.environ``; :func:`tracking_uri` would then read the *previous* store back as if the user had set
+    it, and a second data folder in the same process would silently use the first one's registry.
+    """
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def registry_client(cfg: Config):
     """A read-only-use MLflow client on the configured store (no experiment set-up: loading never logs)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

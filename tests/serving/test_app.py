@@ -46,6 +46,7 @@ def test_rank_scores_equal_the_pipeline(client: TestClient, holder: ModelHolder)
     assert [x["score"] for x in body["items"]] == sorted(expected.tolist(), reverse=True)
     assert body["versions"] == {"ranker": "1", "textmodel": "1"}
     assert body["encoded_items"] == 1 and body["cold_start_user"] is False
+    assert r.headers["server-timing"].startswith("rank;dur=")
 
 
 def test_k_and_cold_start_user(client: TestClient, holder: ModelHolder) -> None:
