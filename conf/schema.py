@@ -258,6 +258,11 @@ class ServingConfig(_Strict):
     ingress_replicas: int = Field(gt=0, description="Ray Serve ingress replicas.")
     max_ongoing_requests: int = Field(gt=0, description="Requests one ingress replica works on at once.")
     ingress_num_cpus: float = Field(ge=0, description="CPUs Ray reserves per ingress replica.")
+    ingress_polars_threads: int = Field(
+        gt=0,
+        description="polars' thread pool in each Ray ingress replica (POLARS_MAX_THREADS): a request's feature "
+        "queries are tiny, and handing them across threads among Ray's own threads cost ~1.5 ms per request.",
+    )
     access_log: bool = Field(description="Log every request (costs CPU on small machines).")
     encoder: EncoderDeploymentConfig
 

@@ -131,7 +131,11 @@ def build_ray_app(cfg: Config) -> Application:
     return RankIngress.options(
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.ingress_num_cpus},
+        ray_actor_options={
+            "num_cpus": s.ingress_num_cpus,
+            # read when polars is imported, so it must be in the replica's environment from the start
+            "runtime_env": {"env_vars": {"POLARS_MAX_THREADS": str(s.ingress_polars_threads)}},
+        },
     ).bind(plain, encoder)
 
 
