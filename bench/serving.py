@@ -226,6 +226,7 @@ def engine_runs(engine: str, args, bodies, new_bodies, rates, overrides=(), env=
 def variant_runs(args, bodies) -> list[dict]:
     """Ray Serve with its defaults, with recrank's settings, and with each internal knob on top."""
     variants = [("Ray Serve defaults", RAY_DEFAULTS, {}), ("recrank settings", [], {})]
+    variants.append(("polars pool of 2 in the replica", ["serving.ingress_polars_threads=2"], {}))
     variants += [(name, [], env) for name, env in KNOBS.items()]
     variants.append(("recrank settings + all knobs", [], {k: v for e in KNOBS.values() for k, v in e.items()}))
     # Not a variant: RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 made every request fail (Ray 2.60, seen here).
