@@ -165,6 +165,33 @@ def test_batch_scores_equal_in_process_pipeline_scores(scored, reference) -> Non
     assert got.filter(pl.col("request_id").str.starts_with("T")).height == 30 * 5  # the list-format file
 
 
+def test_batch_scores_equal_api_scores(scored, served_world: Config) -> None:
+    """The same requests through ``POST /rank`` (the API app over the champion) give the batch job's scores."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import build_app
+    from serving.hosts import registry_holder
+
+    _, out, _, _ = scored
+    got = pl.read_parquet(out / "part-*.parquet")
+    holder = registry_holder(served_world)
+    assert holder.refresh()
+    api = TestClient(build_app(served_world.serving, holder))
+    titles = {
+        "brand-new-item": {"item_id": "brand-new-item", "title": "A brand new item nobody has seen", "category": "c1"}
+    }
+    for request_id in ["L-new", "L00001", "L00007", "T00003"]:
+        req = got.filter(pl.col("request_id") == request_id)
+        body = {"user_id": req["user_id"][0], "candidates": [titles.get(i, i) for i in req["item_id"].to_list()]}
+        answer = api.post("/rank", json=body)
+        assert answer.status_code == 200, answer.text
+        served = {x["item_id"]: (x["score"], x["rank"]) for x in answer.json()["items"]}
+        batch = dict(
+            zip(req["item_id"].to_list(), zip(req["score"].to_list(), req["rank"].to_list(), strict=True), strict=True)
+        )
+        assert served == batch  # the same floats and ranks: one pipeline behind both
+
+
 def test_rows_coverage_and_manifest(scored) -> None:
     summary, out, want, seconds = scored
     got = pl.read_parquet(out / "part-*.parquet")
