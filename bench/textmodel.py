@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from conf import Config, load_config  # noqa: E402
 from features import read_features  # noqa: E402
-from offline.textmodel_stage import _inputs, impression_auc  # noqa: E402
+from offline.textmodel_stage import impression_auc, text_inputs  # noqa: E402
 from ranker.metrics import per_group_metrics, summarize  # noqa: E402
 from textmodel.backbone import load_backbone  # noqa: E402
 from textmodel.data import batches, sample_examples  # noqa: E402
@@ -42,7 +42,7 @@ from textmodel.train import ClickTrainer  # noqa: E402
 
 
 def bench_encode(cfg: Config, n_items: int) -> dict[str, float]:
-    catalogue, _ = _inputs(cfg)
+    catalogue, _ = text_inputs(cfg)
     texts = catalogue.texts[:n_items]
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
     tok = backbone.tokenizer
@@ -77,7 +77,7 @@ def bench_encode(cfg: Config, n_items: int) -> dict[str, float]:
 
 
 def bench_step(cfg: Config, steps: int) -> dict[str, float]:
-    catalogue, sets = _inputs(cfg)
+    catalogue, sets = text_inputs(cfg)
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
     model, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"))
     trainer = ClickTrainer(model, encoder, cfg.textmodel.train, torch.device("cpu"), impression_auc)
@@ -126,7 +126,7 @@ def _metrics(frame: pl.DataFrame, score: str) -> dict[str, float]:
 
 def _untrained_cosine(cfg: Config) -> pl.DataFrame:
     """Zero-shot: mean-pooled final hidden states; user = mean of history vectors; cosine. No training."""
-    catalogue, sets = _inputs(cfg)
+    catalogue, sets = text_inputs(cfg)
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
     split = SplitBackbone(backbone.model, 0)
     tok = backbone.tokenizer

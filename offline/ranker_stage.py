@@ -35,10 +35,11 @@ class RankerRun:
     inputs: RankerInputs
     spec: FeatureSpec
     frame: pl.DataFrame  # the full ranking frame (all splits)
-    features_only: FitResult | None = None
+    features_only: FitResult | None = None  # the same LightGBM without the text features, for the report
+    features_only_inputs: RankerInputs | None = None
 
 
-def _frame(cfg: Config, inputs: RankerInputs) -> pl.DataFrame:
+def load_ranking_frame(cfg: Config, inputs: RankerInputs) -> pl.DataFrame:
     d = Path(cfg.data.dir)
     if inputs.uses_text and not (d / INTEREST_FILE).is_file():
         raise FileNotFoundError(f"{d / INTEREST_FILE}: not found (run `recrank textmodel train` first)")
@@ -51,7 +52,7 @@ def train_ranker(cfg: Config) -> RankerRun:
     spec = FeatureSpec.from_config(cfg)
     items = read_items(cfg.data.dir).collect()
     inputs = RankerInputs.build(spec, cfg.ranker, items)
-    frame = _frame(cfg, inputs)
+    frame = load_ranking_frame(cfg, inputs)
     fit = fit_ranker(split_rows(frame, cfg.ranker.train_split), split_rows(frame, "val"), inputs, cfg.ranker)
     run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
     if inputs.uses_text:
@@ -60,7 +61,7 @@ def train_ranker(cfg: Config) -> RankerRun:
         run.features_only = fit_ranker(
             split_rows(frame, plain_cfg.train_split), split_rows(frame, "val"), plain, plain_cfg
         )
-        run.features_only.params["_inputs"] = plain.to_json()
+        run.features_only_inputs = plain
     save_ranker(run, Path(cfg.data.dir) / RANKER_DIR)
     return run
 
@@ -70,13 +71,16 @@ def save_ranker(run: RankerRun, folder: Path) -> None:
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         meta = {"feature_spec": run.spec.to_json()}
-        for name, fit, inputs in (("combined", run.fit, run.inputs), ("features_only", run.features_only, None)):
+        for name, fit, inputs in (
+            ("combined", run.fit, run.inputs),
+            ("features_only", run.features_only, run.features_only_inputs),
+        ):
             if fit is None:
                 continue
             fit.booster.save_model(str(tmp / f"{name}.txt"))
             meta[name] = {
-                "inputs": (inputs or RankerInputs.from_json(fit.params["_inputs"])).to_json(),
-                "params": {k: v for k, v in fit.params.items() if not k.startswith("_")},
+                "inputs": inputs.to_json(),
+                "params": fit.params,
                 "best_iteration": fit.best_iteration,
                 "val_ndcg_at_10": fit.val_ndcg_at_10,
                 "trials": fit.trials,
@@ -101,7 +105,7 @@ def load_ranker_run(cfg: Config) -> RankerRun:
         booster = lgb.Booster(model_file=str(folder / f"{name}.txt"))
         fit = FitResult(
             booster,
-            {**m["params"], "_inputs": m["inputs"]},
+            m["params"],
             m["best_iteration"],
             m["val_ndcg_at_10"],
             m["trials"],
@@ -110,9 +114,14 @@ def load_ranker_run(cfg: Config) -> RankerRun:
         return fit, inputs
 
     combined, inputs = fit_of("combined")
-    plain = fit_of("features_only")
+    plain, plain_inputs = fit_of("features_only") or (None, None)
     return RankerRun(
-        fit=combined, inputs=inputs, spec=spec, frame=_frame(cfg, inputs), features_only=plain[0] if plain else None
+        fit=combined,
+        inputs=inputs,
+        spec=spec,
+        frame=load_ranking_frame(cfg, inputs),
+        features_only=plain,
+        features_only_inputs=plain_inputs,
     )
 
 
@@ -132,8 +141,9 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     if run.inputs.uses_text:
         systems["interest_score"] = pl.col("interest_score")
     if run.features_only is not None:
-        plain = RankerInputs.from_json(run.features_only.params["_inputs"])
-        plain_scores = RankingPipeline(run.features_only.booster, plain, run.spec, pipeline.snapshot, None)
+        plain_scores = RankingPipeline(
+            run.features_only.booster, run.features_only_inputs, run.spec, pipeline.snapshot, None
+        )
         scored = scored.with_columns(pl.Series("score_features_only", plain_scores.score_frame(part)))
         systems["lightgbm_features_only"] = pl.col("score_features_only")
     systems["ranker"] = pl.col("score_ranker")

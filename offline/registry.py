@@ -104,7 +104,7 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
             _flat(
                 "",
                 {
-                    "lightgbm": {k: v for k, v in run.fit.params.items() if not k.startswith("_")},
+                    "lightgbm": run.fit.params,
                     "ranker": cfg.ranker.model_dump(mode="json", exclude={"params", "tune"}),
                     "best_iteration": run.fit.best_iteration,
                 },
@@ -189,7 +189,7 @@ def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_vers
     """Interest scores of the test rows under a given text-model version (from its own embedding table)."""
     import torch
 
-    from offline.textmodel_stage import _inputs
+    from offline.textmodel_stage import text_inputs
     from ranker.loading import textmodel_folder
     from textmodel.artifact import load_text_model, table_vectors
     from textmodel.scoring import interest_frame
@@ -198,7 +198,7 @@ def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_vers
         raise ModelPairError(f"ranker version {ranker_version} has no {TEXTMODEL_TAG} tag")
     folder = textmodel_folder(client, cfg.mlflow.model_prefix, textmodel_version)
     loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
-    catalogue, sets = _inputs(cfg)
+    catalogue, sets = text_inputs(cfg)
     table = loaded.table
     if table["item_id"].to_list() != catalogue.item_ids:
         raise ModelPairError(f"textmodel version {textmodel_version}: its embedding table is for another catalogue")
@@ -208,7 +208,7 @@ def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_vers
 def promote(cfg: Config, force: bool = False) -> Decision:
     """Compare the newest ranker version with the champion on the same test impressions; move the alias."""
     from features import FeatureSpec, read_items
-    from offline.ranker_stage import _frame
+    from offline.ranker_stage import load_ranking_frame
     from ranker.compare import paired_bootstrap
     from ranker.frame import RankerInputs, split_rows
 
@@ -235,7 +235,7 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     base_inputs = RankerInputs.build(
         spec, cfg.ranker.model_copy(update={"use_text": False}), read_items(cfg.data.dir).collect()
     )
-    frame = split_rows(_frame(cfg, base_inputs), "test")
+    frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")
     per = {v: evaluate_version(cfg, client, v, frame) for v in (challenger, str(champion))}
     summary = {
         v: {

@@ -30,7 +30,8 @@ def model_dir(cfg: Config) -> Path:
     return Path(cfg.data.dir) / TEXTMODEL_DIR
 
 
-def _inputs(cfg: Config):
+def text_inputs(cfg: Config):
+    """The catalogue and the train/val/test impression sets of ``cfg.data.dir``, as the text model reads them."""
     from textmodel.data import load_sets
 
     d = cfg.data.dir
@@ -50,7 +51,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
 
     tm = cfg.textmodel
     started = time.perf_counter()
-    catalogue, sets = _inputs(cfg)
+    catalogue, sets = text_inputs(cfg)
     device = resolve_device(tm.train.device)
     backbone = load_backbone(tm.backbone, tm.cache_dir)
     model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, sets["train"]))
@@ -115,7 +116,7 @@ def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
 
     device = resolve_device(cfg.textmodel.train.device)
     loaded = load_text_model(model_dir(cfg), cfg.textmodel.cache_dir, device)
-    catalogue, sets = _inputs(cfg)
+    catalogue, sets = text_inputs(cfg)
     scorer = TextScorer(loaded, device)
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -167,11 +167,7 @@ def load_pipeline_version(
     if ranker.inputs.uses_text:
         if not ranker.textmodel_version:
             raise ModelPairError(f"{ranker_name(prefix)} version {version} has no {TEXTMODEL_TAG} tag")
-        from textmodel.artifact import load_text_model
-        from textmodel.scoring import TextScorer
-
-        folder = textmodel_folder(client, prefix, ranker.textmodel_version)
-        text = TextScorer(load_text_model(folder, cache_dir, device), device)
+        text = _text_scorer(client, prefix, ranker.textmodel_version, cache_dir, device)
         versions["textmodel"] = ranker.textmodel_version
     return RankingPipeline(
         booster=ranker.booster,
@@ -207,8 +203,14 @@ def load_configured_pipeline(cfg: Config, version: str, device: torch.device | N
 
 def load_text_scorer(cfg: Config, textmodel_version: str, device: torch.device):
     """Just the text model of one registered version (the encoder deployment needs no ranker or snapshot)."""
+    return _text_scorer(
+        registry_client(cfg), cfg.mlflow.model_prefix, textmodel_version, Path(cfg.textmodel.cache_dir), device
+    )
+
+
+def _text_scorer(client, prefix: str, version: str, cache_dir: Path, device: torch.device):
     from textmodel.artifact import load_text_model
     from textmodel.scoring import TextScorer
 
-    folder = textmodel_folder(registry_client(cfg), cfg.mlflow.model_prefix, textmodel_version)
-    return TextScorer(load_text_model(folder, Path(cfg.textmodel.cache_dir), device), device)
+    folder = textmodel_folder(client, prefix, version)
+    return TextScorer(load_text_model(folder, cache_dir, device), device)

@@ -44,6 +44,22 @@ class Candidate:
         return item_text([getattr(self, f, None) for f in fields])
 
 
+def _checked_ids(candidates: Sequence[Candidate]) -> list[str]:
+    """The candidates' ids; an empty list or a repeated id is a :class:`RankingRequestError` naming positions."""
+    ids = [c.item_id for c in candidates]
+    if not ids:
+        raise RankingRequestError("no candidates to rank")
+    if len(set(ids)) != len(ids):
+        first: dict[str, int] = {}
+        for pos, item in enumerate(ids):
+            if item in first:
+                raise RankingRequestError(
+                    f"candidates[{pos}]: duplicate item_id {item!r} (also candidates[{first[item]}])"
+                )
+            first[item] = pos
+    return ids
+
+
 @dataclass
 class RankingPipeline:
     booster: lgb.Booster
@@ -92,12 +108,7 @@ class RankingPipeline:
         ``vectors``: item vectors already encoded elsewhere (the serving encoder deployment) for items
         that need text; items missing from it are encoded here.
         """
-        ids = [c.item_id for c in candidates]
-        if not ids:
-            raise RankingRequestError("no candidates to rank")
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise RankingRequestError(f"duplicate candidate id {dup!r}")
+        ids = _checked_ids(candidates)
         new = [c for c in candidates if c.item_id not in self._known_items]
         new_items = pl.DataFrame(
             {
@@ -119,6 +130,7 @@ class RankingPipeline:
 
         Raises :class:`RankingRequestError` naming the first such item that carries no text.
         """
+        _checked_ids(candidates)  # a duplicate is the first thing wrong with a request, whatever else is
         if self.text is None:
             return {}
         fields = self.text.config.text_fields

@@ -30,7 +30,7 @@ from conf import ServingConfig
 from ranker.pipeline import Candidate, RankingPipeline, RankingRequestError
 from serving.limits import BodySizeLimit, describe_validation_errors
 from serving.models import ModelHolder
-from serving.schemas import ErrorBody, Health, RankedItem, RankResponse, Readiness, request_models
+from serving.schemas import ErrorBody, Health, RankedItem, RankResponse, Readiness, request_model_for
 
 log = logging.getLogger("recrank.serving")
 
@@ -90,7 +90,7 @@ def curl_example(host: str, port: int, body: dict[str, object], auth: bool) -> s
 def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = None) -> FastAPI:
     """The API over ``holder``'s current pipeline. The bearer token is read from ``cfg.auth_token_env`` now."""
     token = os.environ.get(cfg.auth_token_env) or None
-    candidate_model, request_model = request_models(cfg)
+    request_model = request_model_for(cfg)
     app = FastAPI(
         title="recrank",
         version=_package_version(),
@@ -150,13 +150,6 @@ def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = N
         if pipeline is None:
             raise HTTPException(503, "models are not loaded yet")
         candidates = [Candidate(c) if isinstance(c, str) else Candidate(**c.model_dump()) for c in body.candidates]
-        seen: dict[str, int] = {}
-        for i, c in enumerate(candidates):
-            if c.item_id in seen:
-                raise HTTPException(
-                    422, f"candidates[{i}]: duplicate item_id {c.item_id!r} (also candidates[{seen[c.item_id]}])"
-                )
-            seen[c.item_id] = i
         texts = pipeline.texts_needed(candidates)  # RankingRequestError (422) for unknown items without text
         if texts and encode is not None:
             vectors = await encode(pipeline.versions["textmodel"], list(texts.values()))
@@ -176,5 +169,4 @@ def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = N
         )
 
     app.state.holder = holder
-    app.state.candidate_model = candidate_model
     return app

@@ -1,6 +1,6 @@
 """HTTP request and response bodies of the ranking API.
 
-The request models are built from the serving config (:func:`request_models`), so the limits a client
+The request models are built from the serving config (:func:`request_model_for`), so the limits a client
 must respect (candidate count, id and text lengths) are in the OpenAPI schema itself, where client
 generators and fuzzers see them, and pydantic enforces them before any model code runs.
 """
@@ -45,8 +45,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong with the request, naming the field.")
 
 
-def request_models(cfg: ServingConfig) -> tuple[type[BaseModel], type[BaseModel]]:
-    """``(CandidateIn, RankRequest)`` with the configured limits as schema constraints."""
+def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
+    """``RankRequest`` (with its ``CandidateIn`` items) with the configured limits as schema constraints."""
     ident = Annotated[str, StringConstraints(min_length=1, max_length=cfg.max_id_chars)]
     text = Annotated[str, StringConstraints(max_length=cfg.max_text_chars)]
     strict = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -70,4 +70,4 @@ def request_models(cfg: ServingConfig) -> tuple[type[BaseModel], type[BaseModel]
         ),
         k=(Annotated[int | None, Field(ge=1, le=cfg.max_candidates)], None),
     )
-    return candidate, request
+    return request

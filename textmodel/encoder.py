@@ -102,23 +102,21 @@ class ItemEncoder:
     def encode(self, index: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Vectors of items ``index`` in that order: (B, dim). Gradients flow into the adapters and the
         projection unless called under ``torch.no_grad()``."""
-        buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
-        vectors = []
-        for bucket in tqdm(buckets, desc="encode items", disable=None if progress else True, leave=False):
-            states, mask = self.lower_states(index[bucket])
-            vectors.append(self.tower(states, mask))
-        return _scatter(torch.cat(buckets).to(self.device), torch.cat(vectors))
+        return self._per_bucket(index, self.tower, "encode items", progress)
 
     @torch.no_grad()
     def pooled_all(self, progress: bool = False) -> torch.Tensor:
         """Pooled top-layer outputs of every item, before the projection: (N, H). While the adapters are
         fixed these do not change, so a head-only (probe) phase trains on them at almost no cost."""
-        index = torch.arange(len(self.tokens))
-        buckets = list(length_buckets(self.tokens.lengths, self.token_budget))
+        return self._per_bucket(torch.arange(len(self.tokens)), self.tower.pooled, "pool items", progress)
+
+    def _per_bucket(self, index: torch.Tensor, fn, desc: str, progress: bool) -> torch.Tensor:
+        """``fn(lower states, mask)`` over length buckets of ``index`` under the token budget, in input order."""
+        buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
         parts = []
-        for bucket in tqdm(buckets, desc="pool items", disable=None if progress else True, leave=False):
+        for bucket in tqdm(buckets, desc=desc, disable=None if progress else True, leave=False):
             states, mask = self.lower_states(index[bucket])
-            parts.append(self.tower.pooled(states, mask))
+            parts.append(fn(states, mask))
         return _scatter(torch.cat(buckets).to(self.device), torch.cat(parts))
 
     @torch.no_grad()

@@ -104,8 +104,7 @@ def score_batch(
     import torch
 
     from conf.runtime import start_ray
-    from offline.tracking import setup, tracking_uri
-    from ranker.loading import load_pipeline_version, pair_versions
+    from ranker.loading import load_configured_pipeline, pair_versions, registry_client, tracking_uri
 
     start = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -113,12 +112,9 @@ def score_batch(
     files = inputs.input_files(source)
     _check_paths(source, output)
     frame = inputs.read_input(files)
-    client = setup(cfg)
-    versions = pair_versions(client, cfg.mlflow.model_prefix, cfg.scoring.model_alias)
+    versions = pair_versions(registry_client(cfg), cfg.mlflow.model_prefix, cfg.scoring.model_alias)
     # Only a pipeline knows which items it has vectors for and which text it reads: ask one (on CPU).
-    pipeline = load_pipeline_version(
-        client, cfg.mlflow.model_prefix, versions["ranker"], cfg.data.dir, cfg.textmodel.cache_dir, torch.device("cpu")
-    )
+    pipeline = load_configured_pipeline(cfg, versions["ranker"], torch.device("cpu"))
     checked = inputs.check_rows(frame, files, pipeline, skip_bad_rows)
     del pipeline, frame
     gc.collect()

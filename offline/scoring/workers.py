@@ -65,15 +65,9 @@ class PipelineActor:
     """A Ray Data actor: ``__init__`` loads the pipeline of ranker ``version``; ``__call__`` scores shards."""
 
     def __init__(self, cfg: Config, version: str) -> None:
-        from offline.tracking import setup
-        from ranker.loading import load_pipeline_version
-        from textmodel.model import resolve_device
+        from ranker.loading import load_configured_pipeline
 
-        client = setup(cfg)  # the tracking URI comes from cfg, as in the driver
-        device = resolve_device(cfg.textmodel.train.device)
-        self.pipeline = load_pipeline_version(
-            client, cfg.mlflow.model_prefix, version, cfg.data.dir, cfg.textmodel.cache_dir, device
-        )
+        self.pipeline = load_configured_pipeline(cfg, version)  # the same loader as the API
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
