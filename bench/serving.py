@@ -65,7 +65,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "serving", "--config", str(args.config), "--engine", engine,
-            "--port", str(self.port), f"data.dir={args.data}", "serving.reload_interval_s=0", *overrides,
+            "--port", str(self.port), f"data.dir={args.data}", "serving.reload_interval_s=0", *args.set, *overrides,
         ]  # fmt: skip
         self.log = open(ROOT / "bench" / "results" / f"server-{engine}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -137,7 +137,7 @@ def in_process_floor(args, bodies: list[bytes]) -> dict:
     from ranker.loading import load_configured_pipeline, registry_client, resolve_alias
     from ranker.pipeline import Candidate
 
-    cfg = load_config(args.config, [f"data.dir={args.data}"])
+    cfg = load_config(args.config, [f"data.dir={args.data}", *args.set])
     version = resolve_alias(registry_client(cfg), cfg.mlflow.model_prefix, cfg.serving.model_alias)
     pipeline = load_configured_pipeline(cfg, version)
     requests = [json.loads(b) for b in bodies]
@@ -290,6 +290,12 @@ def fault_run(args, bodies, rate: float) -> dict:
         server.stop()
 
 
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def _name(p: psutil.Process) -> list[str]:
     try:
         return [p.name(), *p.cmdline()]
@@ -316,12 +322,15 @@ def main() -> None:
     parser.add_argument("--uvicorn-rates", default="50,100,150,200,250")
     parser.add_argument("--ray-rates", default="20,30,40,50,60,80,100")
     parser.add_argument("--unknown-rate", type=float, default=2.0, help="req/s of the 10%%-unknown-items run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every server and the floor (repeatable)")
+    parser.add_argument("--out", default="serving.json", help="file name under bench/results/")
     args = parser.parse_args()
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     bodies = request_bodies(args)
     new_bodies = request_bodies(args, unknown=0.1, seed=1)
-    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "args": vars(args)}
+    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "gpu": _gpu_name()}}
     report["args"] = {k: str(v) for k, v in vars(args).items()}
     if "floor" in parts:
         report["floor_in_process"] = in_process_floor(args, bodies)
@@ -340,7 +349,7 @@ def main() -> None:
         print("--- fault", flush=True)
         best = (report.get("ray") or {}).get("sustained_rate") or 20.0
         report["fault"] = fault_run(args, bodies, max(10.0, best / 2))
-    out = ROOT / "bench" / "results" / "serving.json"
+    out = ROOT / "bench" / "results" / args.out
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 

@@ -39,6 +39,7 @@ class TextEncoder:
         self.cfg = Config.model_validate(cfg)
         enc = self.cfg.serving.encoder
         self.device = device_for(self.cfg, enc.device)
+        log.warning("TextEncoder: encoding on %s", self.device)  # WARNING: Serve's replica logs show it
         self.scorers: dict[str, Any] = {}  # textmodel version -> TextScorer (the served one and the next)
         self.encode.set_max_batch_size(enc.max_batch_items)
         self.encode.set_batch_wait_timeout_s(enc.batch_wait_timeout_s)
