@@ -173,12 +173,31 @@ def sweep(url: str, bodies: list[bytes], rates: list[float], seconds: float) -> 
     return results, passed
 
 
+def drain(url: str, limit_s: float = 60.0) -> float:
+    """Wait until the server answers ``/healthz`` promptly again; returns the seconds waited.
+
+    A step above capacity leaves a backlog: the client gave up on those requests, but the server still works
+    through them, and a run started right away would measure that backlog instead of its own rate.
+    """
+    start, prompt = time.monotonic(), 0
+    while prompt < 5 and time.monotonic() - start < limit_s:
+        t0 = time.monotonic()
+        try:
+            httpx.get(f"{url}/healthz", timeout=5)
+            prompt = prompt + 1 if time.monotonic() - t0 < 0.05 else 0
+        except httpx.HTTPError:
+            prompt = 0
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
 def confirm(
     url: str, bodies: list[bytes], passed: list[float], seconds: float
 ) -> tuple[list[LoadResult], float | None]:
     """The highest passing rate that also holds for ``seconds`` with zero errors (stepping down on a miss)."""
     runs = []
     for rate in reversed(passed):
+        drain(url)
         res = open_loop(f"{url}/rank", rate, seconds, bodies)
         runs.append(res)
         print(row(res), f"({seconds:g} s)", flush=True)
@@ -215,6 +234,7 @@ def engine_runs(engine: str, args, bodies, new_bodies, rates, overrides=(), env=
             runs, sustained = confirm(server.url, bodies, passed, args.confirm)
             out["confirm"] = [r.to_json() for r in runs]
             out["sustained_rate"] = sustained
+        drain(server.url)
         res = open_loop(f"{server.url}/rank", args.unknown_rate, args.seconds, new_bodies, timeout_s=5)
         out["unknown_10pct"] = res.to_json()
         print(row(res), "(10% unknown items)", flush=True)
