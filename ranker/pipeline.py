@@ -78,6 +78,7 @@ class RankingPipeline:
         )
         self._known_items = set(self.snapshot.items["item_id"].to_list())
         self._users = set(users["user_id"].to_list())
+        self.snapshot.index()  # build the request-time key index now, not in the first request
 
     def history(self, user_id: str) -> list[str]:
         return self._history.get(user_id, [])
@@ -110,19 +111,26 @@ class RankingPipeline:
         """
         ids = _checked_ids(candidates)
         new = [c for c in candidates if c.item_id not in self._known_items]
-        new_items = pl.DataFrame(
-            {
-                "item_id": [c.item_id for c in new],
-                "category": [c.category for c in new],
-                "published_at": pl.Series([None] * len(new), dtype=pl.Datetime("us", "UTC")),
-            },
-            schema={"item_id": pl.String, "category": pl.String, "published_at": pl.Datetime("us", "UTC")},
+        new_items = (
+            pl.DataFrame(
+                {
+                    "item_id": [c.item_id for c in new],
+                    "category": [c.category for c in new],
+                    "published_at": pl.Series([None] * len(new), dtype=pl.Datetime("us", "UTC")),
+                },
+                schema={"item_id": pl.String, "category": pl.String, "published_at": pl.Datetime("us", "UTC")},
+            )
+            if new
+            else None  # the common request: every candidate known (no frame to build)
         )
         frame = online_rows(self.snapshot, user_id, ids, at or self.snapshot.as_of, self.spec, new_items)
         if self.inputs.uses_text:
             texts = self.texts_needed(candidates)
             scores = self.text.scores(self.history(user_id), ids, texts, vectors)
-            frame = frame.with_columns(pl.Series("interest_score", scores), pl.lit("request").alias("impression_id"))
+            # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
+            frame = frame.hstack(
+                [pl.Series("interest_score", scores), pl.Series("impression_id", ["request"] * len(ids), pl.String)]
+            )
         return frame
 
     def texts_needed(self, candidates: Sequence[Candidate]) -> dict[str, str]:

@@ -81,6 +81,8 @@ class TextScorer:
             raise KeyError(f"item {missing[0]!r} is not in the embedding table and has no text")
         if unknown:
             fresh.update(zip(unknown, self.encode_texts([texts[i] for i in unknown]), strict=True))
+        if not fresh:  # every vector is in the table (the common request): one gather, not one op per item
+            return self.vectors[torch.as_tensor([self.index[i] for i in item_ids], device=self.device)]
         return torch.stack([fresh[i] if i in fresh else self.vectors[self.index[i]] for i in item_ids])
 
     @torch.no_grad()
