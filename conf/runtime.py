@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from conf.schema import RayConfig
+from conf.schema import RayConfig, ServingConfig
 
 LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -32,6 +32,23 @@ def prepare_ray_env(cfg: RayConfig, address: str | None = None) -> None:
     """
     if (address if address is not None else cfg.address) is None:
         for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+DIRECT_INGRESS_ENV = {  # Ray 2.60: read by Serve's processes when they start (module constants)
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+
+
+def prepare_serve_env(cfg: ServingConfig) -> None:
+    """Set Ray Serve's ingress mode from ``cfg.direct_ingress``; before ``ray`` is imported and Ray is started.
+
+    Serve reads these flags as module constants in the driver and in every Serve process, so they cannot
+    change once Ray runs; a Ray cluster started by someone else needs them in its own environment.
+    """
+    if cfg.direct_ingress:
+        for key, value in DIRECT_INGRESS_ENV.items():
             os.environ.setdefault(key, value)
 
 

@@ -264,6 +264,11 @@ class ServingConfig(_Strict):
         "queries are tiny, and handing them across threads among Ray's own threads cost ~1.5 ms per request.",
     )
     access_log: bool = Field(description="Log every request (costs CPU on small machines).")
+    direct_ingress: bool = Field(
+        description="Ray Serve's throughput-optimised mode (Ray 2.60, experimental): HAProxy on host:port hands "
+        "requests to each ingress replica's own HTTP server, skipping the Python proxy hop. Read when Ray starts: "
+        "`recrank serve` sets it; for `serve run` export RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1.",
+    )
     encoder: EncoderDeploymentConfig
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,33 +54,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run_ray(cfg)
 
 
+def _served_versions(host: str, port: int, timeout_s: float = 60.0) -> dict[str, str] | None:
+    """The served pair's versions from ``GET /readyz`` over HTTP (None when no pair loaded in time).
+
+    Over HTTP, not a Serve handle: with ``direct_ingress`` Serve's router lives on the caller's event loop,
+    and a handle used from this plain thread would break it (and the shutdown after it).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"http://{host}:{port}/readyz", timeout=5)
+            if r.status_code == 200:
+                return r.json()["versions"]
+        except httpx.HTTPError:
+            pass  # HAProxy picks up new replicas a moment after the deployment is up
+        time.sleep(0.5)
+    return None
+
+
 def _run_ray(cfg) -> int:
-    from conf.runtime import prepare_ray_env
+    from conf.runtime import prepare_ray_env, prepare_serve_env
 
     prepare_ray_env(cfg.ray)  # before `ray` is imported
-    from ray import serve
+    prepare_serve_env(cfg.serving)
+    from features import read_snapshot
+    from serving.app import curl_example, example_request
+    from serving.ray_app import deploy, start_serve, stop_serve
 
-    from serving.app import curl_example
-    from serving.ray_app import APP_NAME, deploy, start_serve, stop_serve
+    stop = threading.Event()
 
+    def on_signal(*_) -> None:
+        stop.set()
+
+    # Ctrl-C and SIGTERM set ``stop`` by hand, from the start: with direct_ingress Ray leaves SIGINT to its
+    # default action (the process dies without shutting Serve down) rather than raising KeyboardInterrupt.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     started = start_serve(cfg)
     try:
         deploy(cfg)
+        signal.signal(signal.SIGINT, on_signal)  # again: starting Ray and Serve may have replaced them
+        signal.signal(signal.SIGTERM, on_signal)
         s = cfg.serving
         print(f"serving on http://{s.host}:{s.port} (Ray Serve; OpenAPI at /docs; Ctrl-C stops)", flush=True)
-        example = serve.get_app_handle(APP_NAME).example.remote().result()
-        if example is None:
+        versions = None if stop.is_set() else _served_versions(s.host, s.port)
+        if versions is None:
             print("not ready: no model pair loaded (see GET /readyz)", flush=True)
         else:
             auth = bool(os.environ.get(s.auth_token_env))
-            print(f"models: {example['versions']} (alias {s.model_alias})", flush=True)
-            print(curl_example(s.host, s.port, example["body"], auth), flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
+            print(f"models: {versions} (alias {s.model_alias})", flush=True)
+            print(curl_example(s.host, s.port, example_request(read_snapshot(cfg.data.dir)), auth), flush=True)
+        while not stop.wait(1.0):
             pass
     finally:
         print("stopping ...")

@@ -27,7 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conf import ServingConfig
-from ranker.pipeline import Candidate, RankingPipeline, RankingRequestError
+from features.behaviour import OnlineSnapshot
+from ranker.pipeline import Candidate, RankingRequestError
 from serving.limits import BodySizeLimit, describe_validation_errors
 from serving.models import ModelHolder
 from serving.schemas import ErrorBody, Health, RankedItem, RankResponse, Readiness, request_model_for
@@ -69,12 +70,12 @@ def auth_dependency(token: str | None) -> Callable[..., None]:
     return check
 
 
-def example_request(pipeline: RankingPipeline, n: int = 5) -> dict[str, object]:
-    """A request body that works against ``pipeline``: its first known user and ``n`` known items."""
-    users = pipeline.snapshot.users["user_id"]
+def example_request(snapshot: OnlineSnapshot, n: int = 5) -> dict[str, object]:
+    """A request body that works against a pipeline serving ``snapshot``: its first user and ``n`` items."""
+    users = snapshot.users["user_id"]
     return {
         "user_id": users[0] if len(users) else "new-user",
-        "candidates": pipeline.snapshot.items["item_id"].head(n).to_list(),
+        "candidates": snapshot.items["item_id"].head(n).to_list(),
         "k": 3,
     }
 

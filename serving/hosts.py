@@ -74,5 +74,5 @@ def announce(cfg: Config, holder: ModelHolder, engine: str) -> None:
         print(f"not ready: {holder.state.reload_error}", flush=True)
         return
     print(f"models: {holder.state.versions} (alias {holder.state.alias})", flush=True)
-    body = example_request(holder.current)
+    body = example_request(holder.current.snapshot)
     print(curl_example(s.host, s.port, body, bool(os.environ.get(s.auth_token_env))), flush=True)

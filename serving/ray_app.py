@@ -101,13 +101,6 @@ class RankIngress:
         parts = await asyncio.gather(*(self.encoder.encode.remote((version, chunk)) for chunk in chunks))
         return [v for part in parts for v in part]
 
-    def example(self) -> dict[str, Any] | None:
-        """A working request body for the served pair (printed by ``recrank serve``)."""
-        from serving.app import example_request
-
-        pipeline = self.holder.current
-        return None if pipeline is None else {"body": example_request(pipeline), "versions": pipeline.versions}
-
     def __serve_build_asgi_app__(self):
         from serving.app import build_app
 

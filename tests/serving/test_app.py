@@ -130,7 +130,7 @@ def test_not_ready_before_a_pair_loads(served_world: Config) -> None:
 
 
 def test_examples_for_people(holder: ModelHolder) -> None:
-    body = example_request(holder.current)
+    body = example_request(holder.current.snapshot)
     assert len(body["candidates"]) == 5 and holder.current.knows_user(body["user_id"])
     line = curl_example("127.0.0.1", 8000, body, auth=True)
     assert line.startswith("curl -s http://127.0.0.1:8000/rank") and "Bearer $RECRANK_API_TOKEN" in line

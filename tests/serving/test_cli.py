@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import yaml
 from local_server import free_port
 
 from conf import Config
+from features import read_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +55,45 @@ def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, t
     assert proc.returncode == 0, out
     assert f"serving on http://127.0.0.1:{port}" in out
     assert f"curl -s http://127.0.0.1:{port}/rank" in out  # the ready example
+
+
+def test_recrank_serve_ray_direct_ingress_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
+    """Ray Serve's throughput-optimised mode: HAProxy on the port, each replica's own HTTP server behind it."""
+    profile = tmp_path / "served.yaml"
+    profile.write_text(yaml.safe_dump(served_world.model_dump(mode="json")))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offline.cli", "serve", "--config", str(profile), "--engine", "ray",
+         "--port", str(port), "serving.direct_ingress=true"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any(line.startswith("curl -s") for line in lines):  # the driver has announced the example
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "no curl example in 180 s"
+            time.sleep(0.5)
+        snapshot = read_snapshot(served_world.data.dir)
+        user, items = snapshot.users["user_id"][0], snapshot.items["item_id"].head(3).to_list()
+        ranked = httpx.post(f"{url}/rank", json={"user_id": user, "candidates": items}, timeout=10)
+        assert ranked.status_code == 200, ranked.text
+        assert sorted(i["item_id"] for i in ranked.json()["items"]) == sorted(items)
+        bad = httpx.post(f"{url}/rank", json={"user_id": user, "candidates": []}, timeout=10)
+        assert bad.status_code == 422, bad.text
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)  # replicas drain for 30 s in this mode
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert f"curl -s http://127.0.0.1:{port}/rank" in out
+    assert "stopping ..." in out
