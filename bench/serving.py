@@ -104,7 +104,7 @@ class Server:
     def stop(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=90)  # direct ingress drains replicas for 30 s before they stop
         except (subprocess.TimeoutExpired, ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
