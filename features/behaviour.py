@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from conf import Config
-from features.online import SnapshotIndex
+from features.online import USER_STATE, SnapshotIndex
 from features.state import EVENT, T, check_composite_fits, encode_time, entity_state, key_code
 
 TS = "ts"
@@ -221,12 +221,11 @@ def _snapshot(probes: pl.DataFrame, state: pl.DataFrame, catalogue: pl.DataFrame
     item_rows = answered.filter(pl.col("user_id") == PROBE)
     pair_rows = answered.filter(pl.col("user_id") != PROBE)
     item_cols = [c for c in state.columns if c.startswith("item_")]
-    user_cols = ["user_impressions_before", "user_clicks_before", "user_last_click_ts"]
     first = answered.row(0, named=True)
     return OnlineSnapshot(
         as_of=datetime.fromtimestamp(0, tz=UTC) + timedelta(microseconds=as_of_t),
         items=catalogue.join(item_rows.select("item_id", *item_cols), on="item_id", how="left").sort("item_id"),
-        users=pair_rows.select("user_id", *user_cols).unique("user_id").sort("user_id"),
+        users=pair_rows.select("user_id", *USER_STATE).unique("user_id").sort("user_id"),
         user_categories=pair_rows.select("user_id", "category", "user_category_clicks_before").sort(
             "user_id", "category"
         ),

@@ -88,15 +88,13 @@ def _run_ray(cfg) -> int:
     def on_signal(*_) -> None:
         stop.set()
 
-    # Ctrl-C and SIGTERM set ``stop`` by hand, from the start: with direct_ingress Ray leaves SIGINT to its
-    # default action (the process dies without shutting Serve down) rather than raising KeyboardInterrupt.
+    # Ctrl-C sets ``stop`` by hand, from the start: with direct_ingress it otherwise killed the process without
+    # shutting Serve down. SIGTERM after ``ray.init``, which installs a SIGTERM handler of its own.
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     started = start_serve(cfg)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         deploy(cfg)
-        signal.signal(signal.SIGINT, on_signal)  # again: starting Ray and Serve may have replaced them
-        signal.signal(signal.SIGTERM, on_signal)
         s = cfg.serving
         print(f"serving on http://{s.host}:{s.port} (Ray Serve; OpenAPI at /docs; Ctrl-C stops)", flush=True)
         versions = None if stop.is_set() else _served_versions(s.host, s.port)

@@ -21,18 +21,24 @@ from features import read_snapshot
 pytestmark = pytest.mark.integration
 
 
-def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
+def start_serve(world: Config, tmp_path: Path, engine: str, *overrides: str) -> tuple[subprocess.Popen, int]:
+    """``recrank serve`` on a free loopback port over ``world``, in its own process group (output piped)."""
     profile = tmp_path / "served.yaml"
-    profile.write_text(yaml.safe_dump(served_world.model_dump(mode="json")))
+    profile.write_text(yaml.safe_dump(world.model_dump(mode="json")))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--config", str(profile), "--engine", "uvicorn",
-         "--port", str(port)],
+        [sys.executable, "-m", "offline.cli", "serve", "--config", str(profile), "--engine", engine,
+         "--port", str(port), *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )  # fmt: skip
+    return proc, port
+
+
+def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
+    proc, port = start_serve(served_world, tmp_path, "uvicorn")
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -59,17 +65,7 @@ def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, t
 
 def test_recrank_serve_ray_direct_ingress_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
     """Ray Serve's throughput-optimised mode: HAProxy on the port, each replica's own HTTP server behind it."""
-    profile = tmp_path / "served.yaml"
-    profile.write_text(yaml.safe_dump(served_world.model_dump(mode="json")))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--config", str(profile), "--engine", "ray",
-         "--port", str(port), "serving.direct_ingress=true"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    proc, port = start_serve(served_world, tmp_path, "ray", "serving.direct_ingress=true")
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
