@@ -141,8 +141,14 @@ class TrainConfig(_Strict):
     encode_batch_tokens: int = Field(gt=0, description="Token budget of one encoding batch (items x padded length).")
     oof_folds: int = Field(
         ge=0,
-        description="Interest scores of the train rows come from heads trained on the other folds (cross-fitting), "
+        description="Interest scores of the train rows come from heads that never saw them (cross-fitting), "
         "so the ranker fitted on them sees honest scores; 0 = in-sample scores.",
+    )
+    oof_scheme: Literal["time", "impressions"] = Field(
+        description="time: the train impressions are cut into oof_folds consecutive time blocks and block k is "
+        "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
+        "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
+        "random folds of impressions (heads see the other folds' later clicks too)."
     )
 
 

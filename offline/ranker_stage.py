@@ -20,7 +20,7 @@ from features.io import atomic_path
 from offline.report import REPORT_DIR, write_report
 from offline.textmodel_stage import INTEREST_FILE
 from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
-from ranker.frame import RankerInputs, ranking_frame, split_rows
+from ranker.frame import RankerInputs, fit_rows, ranking_frame, split_rows
 from ranker.lambdarank import FitResult, fit_ranker
 from ranker.pipeline import RankingPipeline
 
@@ -53,7 +53,7 @@ def train_ranker(cfg: Config) -> RankerRun:
     items = read_items(cfg.data.dir).collect()
     inputs = RankerInputs.build(spec, cfg.ranker, items)
     frame = load_ranking_frame(cfg, inputs)
-    fit = fit_ranker(split_rows(frame, cfg.ranker.train_split), split_rows(frame, "val"), inputs, cfg.ranker)
+    fit = fit_ranker(fit_rows(frame, cfg.ranker.train_split, inputs), split_rows(frame, "val"), inputs, cfg.ranker)
     run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
     if inputs.uses_text:
         plain_cfg = cfg.ranker.model_copy(update={"use_text": False})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from conf import Config
@@ -62,15 +63,27 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     towers = {id(p) for p in model.tower_parameters()}
     init_towers = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in towers}
     result = trainer.fit(sets["train"], sets["val"], progress=progress)
-    oof = None
-    if tm.train.oof_folds > 1:
-        t0 = time.perf_counter()
-        oof = trainer.out_of_fold_scores(sets["train"], sets["val"], tm.train.oof_folds, init_towers)
-        oof_seconds = time.perf_counter() - t0
     memory = encoder.encode_all(progress=progress)
     metrics = {
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
     }
+    frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
+    extra: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
+    if tm.train.oof_folds > 1:
+        t0 = time.perf_counter()
+        oof = trainer.out_of_fold_scores(
+            sets["train"], sets["val"], tm.train.oof_folds, init_towers, tm.train.oof_scheme
+        )
+        # Rows no head could score honestly (the first time block) get no score: the ranker does not fit on them.
+        frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof).fill_nan(None))
+        metrics["train_out_of_fold"] = impression_auc(
+            scored_frame(sets["train"], oof).filter(pl.col("score").is_not_nan())
+        )
+        extra = {
+            "train_interest": f"out_of_fold({tm.train.oof_folds}, {tm.train.oof_scheme})",
+            "oof_seconds": time.perf_counter() - t0,
+            "train_rows_without_score": int(np.isnan(oof).sum()),
+        }
     extra = {
         "history_cap": cfg.data.history_cap,
         "data_fingerprint": read_manifest(cfg.data.dir).get("fingerprint"),
@@ -78,24 +91,17 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         "train": result.to_json(),
         "impression_auc": metrics,
         "cache_seconds": cache_seconds,
-        "train_interest": f"out_of_fold({tm.train.oof_folds})" if oof is not None else "in_sample",
-        "oof_seconds": oof_seconds if oof is not None else 0.0,
+        **extra,
         "total_seconds": time.perf_counter() - started,
     }
     out = save_text_model(
         model_dir(cfg), model, tm, backbone.identity, embedding_table(catalogue.item_ids, memory), extra
     )
-    frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
-    if oof is not None:
-        frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof))
-        extra["impression_auc"]["train_out_of_fold"] = impression_auc(scored_frame(sets["train"], oof))
     write_parquet_atomic(pl.concat(list(frames.values())), Path(cfg.data.dir) / INTEREST_FILE)
     return {"model_dir": str(out), **extra}
 
 
 def _total_steps(cfg: Config, train) -> int:
-    import numpy as np
-
     from textmodel.data import sample_examples
 
     t = cfg.textmodel.train

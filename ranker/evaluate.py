@@ -7,7 +7,7 @@ the same deterministic tie-break, so differences are differences between systems
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -63,6 +63,21 @@ class EvaluationResult:
         }
 
 
+def tie_break() -> pl.Expr:
+    """The tie-break column every evaluation ranks equal scores by: a fixed hash of the item id.
+
+    Not row order: feature frames are sorted by position, and in ml100k position is the order the user rated
+    in, which would leak into every system that ties (smoothed CTR ties on all items with no history).
+    """
+    return pl.col("item_id").hash(seed=3).alias(TIE)
+
+
+def score_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> dict[str, float]:
+    """Point metrics of one score per row of ``frame`` (one split), with the report's tie-break."""
+    scored = frame.select(GROUP, LABEL, "item_id").with_columns(pl.Series("_score", scores), tie_break())
+    return _system_metrics(scored, "_score")[1]
+
+
 def _system_metrics(frame: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, float]]:
     per = per_group_metrics(frame, GROUP, LABEL, score, tie_break=TIE)
     summary = summarize(per)
@@ -86,7 +101,7 @@ def evaluate_systems(
         raise ValueError(f"no rows in the {split} split to evaluate")
     scored = frame.with_columns(
         *[expr.alias(f"score__{name}") for name, expr in systems.items()],
-        pl.col("item_id").hash(seed=3).alias(TIE),
+        tie_break(),
     )
     cold = scored.filter(pl.col("item_impressions_before") <= cfg.cold_item_max_impressions)
     per_group: dict[str, pl.DataFrame] = {}

@@ -102,7 +102,12 @@ def ranking_frame(
         frame = frame.join(
             interest.select("impression_id", "item_id", "interest_score"), on=["impression_id", "item_id"], how="left"
         )
-        missing = frame["interest_score"].null_count()
+        # Train rows may lack a score (cross-fitting by time leaves the first block unscored: see
+        # ``textmodel.train.oof_scheme``); the combined ranker does not fit on them. Elsewhere a gap is an error.
+        unscored = pl.col("interest_score").is_null()
+        if "split" in frame.columns:
+            unscored = unscored & (pl.col("split") != "train")
+        missing = frame.filter(unscored).height
         if missing:
             raise RankingFrameError(
                 f"interest scores: {missing} row(s) have none (run `recrank textmodel train` or `embed` first)"
@@ -132,4 +137,14 @@ def split_rows(frame: pl.DataFrame, split: str) -> pl.DataFrame:
     part = frame.filter(pl.col("split") == split)
     if part.height == 0:
         raise RankingFrameError(f"ranking frame: no rows in the {split} split")
+    return part
+
+
+def fit_rows(frame: pl.DataFrame, split: str, inputs: RankerInputs) -> pl.DataFrame:
+    """The rows a ranker over ``inputs`` fits on: ``split``'s rows, less those without an honest interest score."""
+    part = split_rows(frame, split)
+    if inputs.uses_text:
+        part = part.filter(pl.col("interest_score").is_not_null())
+        if part.height == 0:
+            raise RankingFrameError(f"ranking frame: no row of the {split} split has an interest score")
     return part

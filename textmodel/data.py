@@ -62,12 +62,14 @@ class ImpressionSet:
     row_impression: np.ndarray  # (R,) impression index of each row
     row_label: np.ndarray  # (R,) 0/1
     row_keys: pl.DataFrame  # (R,) impression_id, item_id: to write scores back
+    impression_ts: np.ndarray | None = None  # (M,) impression time (epoch microseconds) when the rows carry ``ts``
 
     @classmethod
     def build(cls, rows: pl.DataFrame, histories: pl.DataFrame, catalogue: Catalogue, cap: int) -> ImpressionSet:
-        """``rows``: impression_id, item_id, clicked (one split); ``histories``: impression_id, history."""
+        """``rows``: impression_id, item_id, clicked, optional ts (one split); ``histories``: impression_id, history."""
         rows = rows.sort("impression_id", maintain_order=True)
-        imps = rows.select("impression_id").unique(maintain_order=True)
+        has_ts = "ts" in rows.columns
+        imps = rows.select("impression_id", *(["ts"] if has_ts else [])).unique("impression_id", maintain_order=True)
         hist = imps.join(
             histories.select("impression_id", "history"), on="impression_id", how="left", maintain_order="left"
         )
@@ -91,6 +93,7 @@ class ImpressionSet:
             row_impression=keyed["_m"].to_numpy().astype(np.int64),
             row_label=rows["clicked"].to_numpy().astype(np.int64),
             row_keys=rows.select("impression_id", "item_id"),
+            impression_ts=_epoch_us(imps["ts"]) if has_ts else None,
         )
 
     @property
@@ -109,7 +112,38 @@ class ImpressionSet:
             row_impression=new_index[self.row_impression[rows]],
             row_label=self.row_label[rows],
             row_keys=self.row_keys.filter(pl.Series(rows)),
+            impression_ts=None if self.impression_ts is None else self.impression_ts[keep],
         )
+
+
+def cross_fit_plan(data: ImpressionSet, folds: int, scheme: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit_on, score)`` impression masks, one pair per fitted head, for cross-fitted scores of ``data``.
+
+    ``impressions``: ``folds`` random folds; each is scored by a head fitted on all the others. ``time``: the
+    impressions are cut into ``folds`` consecutive time blocks (equal times stay in one block); block k is
+    scored by a head fitted on blocks 0..k-1 only, so no score knows a click from its own time or later, as
+    at serving time. Block 0 has nothing before it and is left unscored.
+    """
+    m = len(data.impression_ids)
+    if folds < 2:
+        raise ValueError(f"textmodel.train.oof_folds: {folds}: cross-fitting needs at least 2 folds")
+    if scheme == "impressions":
+        fold_of = np.random.default_rng(seed).integers(0, folds, m)
+        return [(fold_of != k, fold_of == k) for k in range(folds)]
+    if scheme != "time":
+        raise ValueError(f"textmodel.train.oof_scheme: {scheme!r} is not one of 'time', 'impressions'")
+    if data.impression_ts is None:
+        raise TextDataError("cross-fitting by time needs the impressions' times (column 'ts')")
+    ordered = np.sort(data.impression_ts)
+    cuts = ordered[[k * m // folds for k in range(1, folds)]]
+    fold_of = np.searchsorted(cuts, data.impression_ts, side="right")  # block index, ties kept together
+    return [(fold_of < k, fold_of == k) for k in range(1, folds) if (fold_of < k).any() and (fold_of == k).any()]
+
+
+def _epoch_us(ts: pl.Series) -> np.ndarray:
+    if ts.null_count():
+        raise TextDataError(f"impressions: column 'ts': {ts.null_count()} null time(s)")
+    return ts.dt.epoch("us").to_numpy().astype(np.int64)
 
 
 @dataclass
@@ -183,7 +217,7 @@ def load_sets(
     catalogue = Catalogue.from_items(items, fields)
     sets = {}
     for split in ("train", "val", "test"):
-        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked")
+        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked", "ts")
         if rows.height == 0:
             raise TextDataError(f"features: no rows in the {split} split")
         sets[split] = ImpressionSet.build(rows, histories, catalogue, cap)

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from conf import TrainConfig
-from textmodel.data import Batch, ImpressionSet, batches, sample_examples
+from textmodel.data import Batch, ImpressionSet, batches, cross_fit_plan, sample_examples
 from textmodel.encoder import ItemEncoder
 from textmodel.peft_methods import step_hook
 from textmodel.scoring import score_rows, scored_frame
@@ -174,31 +174,38 @@ class ClickTrainer:
         self._memory = self._vectors(pooled, progress)
 
     def out_of_fold_scores(
-        self, train: ImpressionSet, val: ImpressionSet, folds: int, init_towers: dict[str, torch.Tensor]
+        self,
+        train: ImpressionSet,
+        val: ImpressionSet,
+        folds: int,
+        init_towers: dict[str, torch.Tensor],
+        scheme: str = "time",
     ) -> np.ndarray:
-        """Interest scores of ``train``'s rows from heads that never saw them: for each of ``folds`` folds of
-        impressions, the towers are re-initialised and probe-trained (over the final adapters' pooled vectors,
-        early-stopped on ``val``) on the other folds, then score the held-out fold.
+        """Interest scores of ``train``'s rows from heads that never saw them (NaN where no head may score).
 
-        A ranker fitted on train rows needs this: in-sample scores look better than the scores it will get
-        at serving time, and it would learn to trust them too much. (The adapters still saw every train row;
-        they move the pooled vectors little next to what the head memorises.)
+        For each pair of :func:`cross_fit_plan`, the towers are re-initialised and probe-trained (over the final
+        adapters' pooled vectors, early-stopped on ``val``) on the ``fit_on`` impressions, then score the
+        ``score`` ones. A ranker fitted on train rows needs this: in-sample scores look better than the scores it
+        will get at serving time, and it would learn to trust them too much. Random folds are not enough on a
+        time-split dataset: a head that saw an item's later clicks scores that item's earlier rows with
+        knowledge the point-in-time behavioural features do not have, so ``time`` (the default) lets each block
+        be scored only by heads fitted on earlier blocks. (The adapters still saw every train row; they move the
+        pooled vectors little next to what the head memorises.)
         """
         final = self._trainable_state()
         pooled = self.encoder.pooled_all()
-        fold_of = np.random.default_rng(self.cfg.seed + 1).integers(0, folds, len(train.impression_ids))
-        scores = np.empty(train.num_rows, dtype=np.float64)
+        scores = np.full(train.num_rows, np.nan, dtype=np.float64)
         towers = {"params": [*self.model.tower_parameters(), self.bias], "lr": self.cfg.head_lr}
-        for fold in range(folds):
+        for k, (fit_on, held) in enumerate(cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)):
             self.model.load_state_dict(init_towers, strict=False)
             self._best_state = self._trainable_state()
             self._memory = self._vectors(pooled, False)
             fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
-            rng = np.random.default_rng(self.cfg.seed + 100 + fold)
+            rng = np.random.default_rng(self.cfg.seed + 100 + k)
             self._phase(
                 "oof",
                 self.cfg.probe_epochs + self.cfg.epochs,
-                train.subset(fold_of != fold),
+                train.subset(fit_on),
                 val,
                 [towers],
                 pooled,
@@ -207,8 +214,7 @@ class ClickTrainer:
                 fitted,
                 False,
             )
-            held = fold_of[train.row_impression] == fold
-            scores[held] = score_rows(self.model, self._memory, train.subset(fold_of == fold))
+            scores[held[train.row_impression]] = score_rows(self.model, self._memory, train.subset(held))
         self.model.load_state_dict(final, strict=False)
         return scores
 

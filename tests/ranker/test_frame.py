@@ -8,7 +8,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ranker.frame import RankerInputs, RankingFrameError, groups, model_matrix, with_interest_rank
+from ranker.frame import (
+    RankerInputs,
+    RankingFrameError,
+    fit_rows,
+    groups,
+    model_matrix,
+    ranking_frame,
+    with_interest_rank,
+)
 
 
 def test_groups_are_contiguous_and_long_impressions_are_chunked() -> None:
@@ -39,3 +47,46 @@ def test_model_matrix_orders_columns_and_codes_categories() -> None:
     assert m.dtype == np.float64
     with pytest.raises(RankingFrameError, match="column 'x' missing"):
         model_matrix(frame.drop("x"), inputs)
+
+
+def _scored(
+    split: list[str], interest: list[float | None]
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, RankerInputs]:
+    n = len(split)
+    features = pl.DataFrame(
+        {
+            "impression_id": [f"i{k // 2}" for k in range(n)],
+            "item_id": [f"m{k}" for k in range(n)],
+            "ts": [k // 2 for k in range(n)],
+            "position": [k % 2 for k in range(n)],
+            "split": split,
+            "x": [float(k) for k in range(n)],
+        }
+    )
+    items = pl.DataFrame({"item_id": [f"m{k}" for k in range(n)]})
+    interest_rows = features.select("impression_id", "item_id").with_columns(
+        pl.Series("interest_score", interest, dtype=pl.Float64)
+    )
+    inputs = RankerInputs(features=("x", "interest_score", "interest_rank"), categorical=(), vocab={})
+    return features, items, interest_rows, inputs
+
+
+def test_train_rows_without_an_interest_score_are_kept_out_of_fitting_only() -> None:
+    # Cross-fitting by time leaves the oldest train block unscored: allowed there, dropped from fitting.
+    features, items, interest, inputs = _scored(
+        ["train", "train", "train", "train", "val", "val"], [None, None, 0.2, 0.7, 0.1, 0.3]
+    )
+    frame = ranking_frame(features, items, interest, inputs)
+    assert frame.height == 6
+    fit = fit_rows(frame, "train", inputs)
+    assert fit["item_id"].to_list() == ["m2", "m3"] and fit["interest_rank"].to_list() == [1.0, 0.0]
+    plain = RankerInputs(features=("x",), categorical=(), vocab={})
+    assert fit_rows(frame, "train", plain).height == 4  # a features-only ranker fits on every train row
+    with pytest.raises(RankingFrameError, match="no row of the val split has an interest score"):
+        fit_rows(frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("interest_score")), "val", inputs)
+
+
+def test_a_missing_interest_score_outside_train_is_an_error() -> None:
+    features, items, interest, inputs = _scored(["train", "train", "test", "test"], [0.5, 0.1, None, 0.3])
+    with pytest.raises(RankingFrameError, match=r"1 row\(s\) have none"):
+        ranking_frame(features, items, interest, inputs)

@@ -27,11 +27,21 @@ def test_train_then_embed_round_trip(prepared: list[str], tmp_path: Path, capsys
     folder = tmp_path / "d" / "textmodel"
     meta = json.loads((folder / "textmodel.json").read_text())
     assert meta["backbone"]["name"] == "tiny-gpt2-seed0" and meta["config"]["peft"]["method"] == "lora"
-    assert set(meta["impression_auc"]) == {"train", "val", "test"}
+    assert set(meta["impression_auc"]) == {"train", "val", "test", "train_out_of_fold"}
+    assert meta["train_interest"] == "out_of_fold(5, time)"
     features = pl.read_parquet(tmp_path / "d" / "features.parquet")
     trained = pl.read_parquet(tmp_path / "d" / "interest.parquet")
-    assert trained.height == features.height  # an interest score for every (impression, item) row
+    assert trained.height == features.height  # a row for every (impression, item) row
     assert trained.join(features, on=["impression_id", "item_id"], how="anti").height == 0
+    # Cross-fitted by time: exactly the oldest fifth of the train impressions has no score; the rest all do.
+    rows = trained.join(features, on=["impression_id", "item_id"])
+    unscored = rows.filter(pl.col("interest_score").is_null())
+    assert unscored.height == meta["train_rows_without_score"] > 0
+    assert set(unscored["split"]) == {"train"}
+    train_imps = rows.filter(pl.col("split") == "train").group_by("impression_id").agg(pl.col("ts").first()).sort("ts")
+    first_block = set(train_imps["impression_id"][: train_imps.height // 5])
+    assert set(unscored["impression_id"]) >= first_block
+    assert unscored["ts"].max() < rows.filter(pl.col("interest_score").is_not_null(), split="train")["ts"].min()
     table = pl.read_parquet(folder / "item_embeddings.parquet")
     assert table.height == 120 and table["vector"].dtype == pl.Array(pl.Float32, 16)
     # `embed` reloads the saved model, re-encodes the catalogue from text (no cache) and rescores every row.

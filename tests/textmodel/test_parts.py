@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
-from textmodel.data import Catalogue, ImpressionSet, TextDataError, sample_examples
+from textmodel.data import Catalogue, ImpressionSet, TextDataError, cross_fit_plan, sample_examples
 from textmodel.encoder import length_buckets
 from textmodel.towers import UserTower, pool
 
@@ -93,3 +94,53 @@ def test_subset_keeps_whole_impressions_and_renumbers() -> None:
     assert part.row_item.tolist() == [0, 1, 2, 1]
     assert part.row_impression.tolist() == [0, 0, 0, 1]
     assert part.row_keys["impression_id"].to_list() == ["x", "x", "x", "z"]
+
+
+def _timed_set(times_h: list[int]) -> ImpressionSet:
+    """One row per impression ``i0, i1, ...`` shown at the given hours (an impression's rows share its time)."""
+    cat = Catalogue(item_ids=["a"], texts=["A"])
+    n = len(times_h)
+    ids = [f"i{k:02d}" for k in range(n)]
+    ts = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in times_h]
+    rows = pl.DataFrame({"impression_id": ids, "item_id": ["a"] * n, "clicked": [k % 2 for k in range(n)], "ts": ts})
+    hist = pl.DataFrame(
+        {"impression_id": ids, "history": [[] for _ in ids]}, schema_overrides={"history": pl.List(pl.String)}
+    )
+    return ImpressionSet.build(rows, hist, cat, cap=2)
+
+
+def test_time_cross_fit_never_fits_on_the_scored_time_or_later() -> None:
+    times = [5, 1, 9, 3, 3, 7, 2, 8, 6, 4, 0, 3]  # ties at hour 3 must stay in one block
+    data = _timed_set(times)
+    plan = cross_fit_plan(data, folds=4, scheme="time", seed=0)
+    assert len(plan) == 3  # block 0 has nothing before it
+    scored = np.zeros(len(times), dtype=int)
+    for fit_on, held in plan:
+        # Brute force: every fitted impression is strictly older than every scored one.
+        assert data.impression_ts[fit_on].max() < data.impression_ts[held].min()
+        scored += held
+    assert scored.max() == 1  # each impression scored at most once
+    unscored = [t for t, s in zip(times, scored, strict=True) if not s]
+    assert sorted(unscored) == [0, 1, 2]  # the oldest block (12 // 4 = 3 impressions) is the one left out
+    # The hour-3 ties land together in one scored block.
+    tie_blocks = {k for k, (_, held) in enumerate(plan) for t, h in zip(times, held, strict=True) if h and t == 3}
+    assert len(tie_blocks) == 1
+
+
+def test_impression_cross_fit_scores_every_impression_once_from_the_others() -> None:
+    data = _timed_set(list(range(10)))
+    plan = cross_fit_plan(data, folds=3, scheme="impressions", seed=0)
+    held = np.stack([h for _, h in plan])
+    assert held.sum(axis=0).tolist() == [1] * 10
+    for fit_on, h in plan:
+        assert not (fit_on & h).any() and (fit_on | h).all()
+
+
+def test_cross_fit_plan_errors_name_the_setting() -> None:
+    with pytest.raises(ValueError, match="oof_folds: 1"):
+        cross_fit_plan(_timed_set([0, 1]), folds=1, scheme="time", seed=0)
+    with pytest.raises(ValueError, match="oof_scheme: 'users'"):
+        cross_fit_plan(_timed_set([0, 1]), folds=2, scheme="users", seed=0)
+    _, untimed = _set()
+    with pytest.raises(TextDataError, match="column 'ts'"):
+        cross_fit_plan(untimed, folds=2, scheme="time", seed=0)
