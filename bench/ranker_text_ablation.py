@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--config", default="conf/demo.yaml")
     parser.add_argument("--seeds", type=int, default=4, help="ranker seeds per variant (0..N-1)")
     parser.add_argument("--wide", action="store_true", help=f"tune over {WIDE_GRID} instead of ranker.tune")
+    parser.add_argument("--only", nargs="*", default=None, help="variants whose name contains one of these")
     args = parser.parse_args()
     cfg = load_config(args.config, [f"data.dir={args.data}"])
     run = load_ranker_run(cfg)
@@ -73,6 +74,8 @@ def main() -> None:
           f"{ctr['test']['auc']:16.4f} / {ctr['test']['ndcg_at_10']:.4f}")  # fmt: skip
     rows = []
     for name, extra in EXTRAS.items():
+        if args.only is not None and not any(word in name for word in args.only):
+            continue
         inputs = RankerInputs((*base, *extra, *run.inputs.categorical), run.inputs.categorical, run.inputs.vocab)
         fit_on = fit_rows(frame, "train", inputs)  # with text: the train rows that have an honest score
         runs = []

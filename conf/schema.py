@@ -144,7 +144,15 @@ class TrainConfig(_Strict):
         description="Interest scores of the train rows come from heads that never saw them (cross-fitting), "
         "so the ranker fitted on them sees honest scores; 0 = in-sample scores.",
     )
+    # The two fields below default to what text models saved before them did, so those still load.
+    offset_feature: str | None = Field(
+        default=None,
+        description="A probability-valued behavioural feature (item_ctr_smoothed) whose logit, times a learned "
+        "weight, is added to the score in the training loss: the text model then learns what that feature does "
+        "not explain. The exported interest score is the text part alone. null = plain click training.",
+    )
     oof_scheme: Literal["time", "impressions"] = Field(
+        default="impressions",
         description="time: the train impressions are cut into oof_folds consecutive time blocks and block k is "
         "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "

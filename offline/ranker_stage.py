@@ -158,11 +158,31 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
         f"min_child_samples {run.fit.params['min_child_samples']}, trained on {cfg.ranker.train_split}",
         "ranker features": ", ".join(run.inputs.features),
     }
+    if run.inputs.uses_text:
+        context["text model"] = _text_model_summary(Path(cfg.data.dir))
     out = write_report(result, cfg.data.dir, title=f"recrank evaluation: {manifest.get('dataset')}", context=context)
     plot_importance(run.fit.booster, out / "feature_importance.png")
     with (out / "report.md").open("a") as fh:
         fh.write("\n## Feature importance (gain)\n\n![feature importance](feature_importance.png)\n")
     return result, out
+
+
+def _text_model_summary(data_dir: Path) -> str:
+    """One line on how the interest scores the ranker saw were made (from ``DIR/textmodel/textmodel.json``)."""
+    from offline.textmodel_stage import TEXTMODEL_DIR
+    from textmodel.artifact import META_FILE
+
+    path = data_dir / TEXTMODEL_DIR / META_FILE
+    if not path.is_file():
+        return "no saved text model"
+    meta = json.loads(path.read_text())
+    parts = [f"{meta['backbone']['name']}"]
+    if meta.get("offset_feature"):
+        parts.append(f"trained as a residual over {meta['offset_feature']} (weight {meta['offset_weight']:.2f})")
+    parts.append(f"train-row scores {meta.get('train_interest', 'in_sample')}")
+    if meta.get("train_rows_without_score"):
+        parts.append(f"{meta['train_rows_without_score']} oldest train rows unscored (not fitted on)")
+    return "; ".join(parts)
 
 
 def plot_importance(booster: lgb.Booster, path: Path) -> Path:

@@ -39,7 +39,8 @@ def text_inputs(cfg: Config):
     items = read_items(d).collect()
     features = read_features(d).collect()
     histories = impression_histories(read_impressions(d), features.lazy(), cfg.data.history_cap).collect()
-    return load_sets(items, features, histories, cfg.textmodel.text_fields, cfg.data.history_cap)
+    offset = cfg.textmodel.train.offset_feature
+    return load_sets(items, features, histories, cfg.textmodel.text_fields, cfg.data.history_cap, offset)
 
 
 def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
@@ -91,6 +92,9 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         "train": result.to_json(),
         "impression_auc": metrics,
         "cache_seconds": cache_seconds,
+        # Trained as a residual over this behavioural logit (weight learned); the interest score is the text part.
+        "offset_feature": tm.train.offset_feature,
+        "offset_weight": float(trainer.offset_weight.detach()) if tm.train.offset_feature else None,
         **extra,
         "total_seconds": time.perf_counter() - started,
     }

@@ -63,6 +63,7 @@ class ImpressionSet:
     row_label: np.ndarray  # (R,) 0/1
     row_keys: pl.DataFrame  # (R,) impression_id, item_id: to write scores back
     impression_ts: np.ndarray | None = None  # (M,) impression time (epoch microseconds) when the rows carry ``ts``
+    row_offset: np.ndarray | None = None  # (R,) behavioural logit the text score is trained on top of (``offset``)
 
     @classmethod
     def build(cls, rows: pl.DataFrame, histories: pl.DataFrame, catalogue: Catalogue, cap: int) -> ImpressionSet:
@@ -94,6 +95,7 @@ class ImpressionSet:
             row_label=rows["clicked"].to_numpy().astype(np.int64),
             row_keys=rows.select("impression_id", "item_id"),
             impression_ts=_epoch_us(imps["ts"]) if has_ts else None,
+            row_offset=rows["offset"].to_numpy().astype(np.float32) if "offset" in rows.columns else None,
         )
 
     @property
@@ -113,6 +115,7 @@ class ImpressionSet:
             row_label=self.row_label[rows],
             row_keys=self.row_keys.filter(pl.Series(rows)),
             impression_ts=None if self.impression_ts is None else self.impression_ts[keep],
+            row_offset=None if self.row_offset is None else self.row_offset[rows],
         )
 
 
@@ -156,9 +159,11 @@ class Batch:
     history: torch.Tensor
     candidates: torch.Tensor
     labels: torch.Tensor
+    offsets: torch.Tensor | None = None  # (B, C) behavioural logits added to the scores in the loss
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.history.to(device), self.candidates.to(device), self.labels.to(device))
+        offsets = None if self.offsets is None else self.offsets.to(device)
+        return Batch(self.history.to(device), self.candidates.to(device), self.labels.to(device), offsets)
 
 
 @dataclass
@@ -166,6 +171,7 @@ class Examples:
     impression: np.ndarray  # (E,)
     candidates: np.ndarray  # (E, C)
     labels: np.ndarray  # (E, C)
+    offsets: np.ndarray | None = None  # (E, C)
 
     def __len__(self) -> int:
         return len(self.impression)
@@ -175,7 +181,10 @@ def sample_examples(data: ImpressionSet, objective: str, negatives: int, rng: np
     """One epoch's examples. softmax: every clicked row with ``negatives`` unclicked rows of its impression
     drawn with replacement (impressions without both labels give none); bce: every row."""
     if objective == "bce":
-        return Examples(data.row_impression, data.row_item[:, None], data.row_label[:, None].astype(np.float32))
+        offsets = None if data.row_offset is None else data.row_offset[:, None]
+        return Examples(
+            data.row_impression, data.row_item[:, None], data.row_label[:, None].astype(np.float32), offsets
+        )
     order = np.lexsort((data.row_label, data.row_impression))  # by impression, negatives first
     imp, item, lab = data.row_impression[order], data.row_item[order], data.row_label[order]
     m = len(data.impression_ids)
@@ -191,7 +200,11 @@ def sample_examples(data: ImpressionSet, objective: str, negatives: int, rng: np
     candidates = np.concatenate([item[positives][:, None], item[draws]], axis=1)
     labels = np.zeros(candidates.shape, dtype=np.float32)
     labels[:, 0] = 1.0
-    return Examples(p_imp, candidates, labels)
+    offsets = None
+    if data.row_offset is not None:
+        off = data.row_offset[order]
+        offsets = np.concatenate([off[positives][:, None], off[draws]], axis=1)
+    return Examples(p_imp, candidates, labels, offsets)
 
 
 def batches(
@@ -207,18 +220,44 @@ def batches(
             history=torch.from_numpy(data.history[examples.impression[pick]]),
             candidates=torch.from_numpy(examples.candidates[pick]),
             labels=torch.from_numpy(examples.labels[pick]),
+            offsets=None if examples.offsets is None else torch.from_numpy(examples.offsets[pick]),
         )
 
 
 def load_sets(
-    items: pl.DataFrame, features: pl.DataFrame, histories: pl.DataFrame, fields: Sequence[str], cap: int
+    items: pl.DataFrame,
+    features: pl.DataFrame,
+    histories: pl.DataFrame,
+    fields: Sequence[str],
+    cap: int,
+    offset: str | None = None,
 ) -> tuple[Catalogue, dict[str, ImpressionSet]]:
-    """The catalogue and one :class:`ImpressionSet` per split of the feature table."""
+    """The catalogue and one :class:`ImpressionSet` per split of the feature table.
+
+    ``offset`` names a probability-valued behavioural feature (``item_ctr_smoothed``): its logit rides along
+    with each row, so the text model can be trained on what that feature does not already explain.
+    """
     catalogue = Catalogue.from_items(items, fields)
+    extra = []
+    if offset is not None:
+        if offset not in features.columns:
+            raise TextDataError(f"features: column {offset!r} missing (textmodel.train.offset_feature)")
+        p = pl.col(offset).cast(pl.Float64).clip(1e-4, 1 - 1e-4)
+        extra = [(p.log() - (1 - p).log()).alias("offset")]
     sets = {}
     for split in ("train", "val", "test"):
-        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked", "ts")
+        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked", "ts", *extra)
         if rows.height == 0:
             raise TextDataError(f"features: no rows in the {split} split")
+        if offset is not None:
+            raw = features.filter(pl.col("split") == split)[offset]
+            if raw.null_count():
+                raise TextDataError(f"features: column {offset!r}: {raw.null_count()} null value(s)")
+            outside = raw.filter((raw < 0) | (raw > 1))
+            if len(outside):
+                raise TextDataError(
+                    f"features: column {offset!r}: {len(outside)} value(s) outside [0, 1], e.g. {outside[0]} "
+                    "(textmodel.train.offset_feature must be a probability, such as item_ctr_smoothed)"
+                )
         sets[split] = ImpressionSet.build(rows, histories, catalogue, cap)
     return catalogue, sets

@@ -68,6 +68,8 @@ class ClickTrainer:
     ) -> None:
         self.model, self.encoder, self.cfg, self.device, self.val_metric = model, encoder, cfg, device, val_metric
         self.bias = nn.Parameter(torch.zeros((), device=device))  # BCE only: calibrates the score offset
+        # Weight of the behavioural logit added in the loss (batches with offsets only: see ``offset_feature``).
+        self.offset_weight = nn.Parameter(torch.ones((), device=device))
         self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,6 +82,8 @@ class ClickTrainer:
         history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient: refreshed per epoch
         users = self.model.users(history, batch.history >= 0)  # (B, dim)
         scores = self.model.score(users, items)  # (B, C)
+        if batch.offsets is not None:
+            scores = scores + self.offset_weight * batch.offsets
         if self.cfg.objective == "softmax":
             return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
         return F.binary_cross_entropy_with_logits(scores + self.bias, batch.labels)
@@ -90,11 +94,27 @@ class ClickTrainer:
         return contextlib.nullcontext()
 
     def evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> float:
-        return self.val_metric(scored_frame(data, score_rows(self.model, memory, data)))
+        """The validation metric of what the loss trains: the text score, plus the weighted offset if any."""
+        scores = score_rows(self.model, memory, data)
+        if data.row_offset is not None:
+            scores = scores + float(self.offset_weight.detach()) * data.row_offset
+        return self.val_metric(scored_frame(data, scores))
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        """A copy of every trainable weight (the best epoch's is restored at the end)."""
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""
+        state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {**state, **{f"trainer.{n}": p.detach().clone() for n, p in self._own().items()}}
+
+    def _own(self) -> dict[str, nn.Parameter]:
+        return {"bias": self.bias, "offset_weight": self.offset_weight}
+
+    def _restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` (model weights, and the trainer's own ones when present; others keep their values)."""
+        self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("trainer.")}, strict=False)
+        with torch.no_grad():
+            for name, param in self._own().items():
+                if f"trainer.{name}" in state:
+                    param.copy_(state[f"trainer.{name}"])
 
     def _phase(
         self,
@@ -170,7 +190,7 @@ class ClickTrainer:
                 if stale > cfg.patience:
                     break
         # The next phase (or the caller) starts from the best state so far.
-        self.model.load_state_dict(self._best_state, strict=False)
+        self._restore(self._best_state)
         self._memory = self._vectors(pooled, progress)
 
     def out_of_fold_scores(
@@ -195,28 +215,33 @@ class ClickTrainer:
         final = self._trainable_state()
         pooled = self.encoder.pooled_all()
         scores = np.full(train.num_rows, np.nan, dtype=np.float64)
-        towers = {"params": [*self.model.tower_parameters(), self.bias], "lr": self.cfg.head_lr}
         for k, (fit_on, held) in enumerate(cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)):
-            self.model.load_state_dict(init_towers, strict=False)
-            self._best_state = self._trainable_state()
-            self._memory = self._vectors(pooled, False)
-            fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
-            rng = np.random.default_rng(self.cfg.seed + 100 + k)
-            self._phase(
-                "oof",
-                self.cfg.probe_epochs + self.cfg.epochs,
-                train.subset(fit_on),
-                val,
-                [towers],
-                pooled,
-                None,
-                rng,
-                fitted,
-                False,
+            self._fit_head(
+                train.subset(fit_on), val, pooled, init_towers, np.random.default_rng(self.cfg.seed + 100 + k)
             )
             scores[held[train.row_impression]] = score_rows(self.model, self._memory, train.subset(held))
-        self.model.load_state_dict(final, strict=False)
+        self._restore(final)
         return scores
+
+    def _fit_head(
+        self,
+        train: ImpressionSet,
+        val: ImpressionSet,
+        pooled: torch.Tensor,
+        init_towers: dict[str, torch.Tensor],
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        """Towers (and the trainer's bias and offset weight) from their initial values, probe-trained on ``train``
+        over ``pooled`` and early-stopped on ``val``; the best state is left loaded."""
+        initial = {"trainer.bias": torch.zeros_like(self.bias), "trainer.offset_weight": torch.ones_like(self.bias)}
+        towers = {"params": [*self.model.tower_parameters(), self.bias, self.offset_weight], "lr": self.cfg.head_lr}
+        self._restore({**init_towers, **initial})
+        self._best_state = self._trainable_state()
+        self._memory = self._vectors(pooled, False)
+        fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
+        epochs = self.cfg.probe_epochs + self.cfg.epochs
+        self._phase("head", epochs, train, val, [towers], pooled, None, rng, fitted, False)
+        return fitted
 
     def _vectors(self, pooled: torch.Tensor | None, progress: bool) -> torch.Tensor:
         if pooled is not None:
@@ -228,7 +253,7 @@ class ClickTrainer:
         """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together."""
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
-        towers = {"params": [*self.model.tower_parameters(), self.bias], "lr": cfg.head_lr}
+        towers = {"params": [*self.model.tower_parameters(), self.bias, self.offset_weight], "lr": cfg.head_lr}
         adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
         frozen = self.model.items.backbone.upper_model is None or not adapters["params"]
         self.model.eval()

@@ -60,3 +60,15 @@ def test_overrides_are_typed_and_win() -> None:
 def test_invalid_values_name_the_field(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override, "data.test_fraction=0.5"] if "val_fraction" in override else [override])
+
+
+def test_a_text_model_config_saved_before_residual_training_still_loads() -> None:
+    """Artifacts keep the config they were trained with; fields added later take the behaviour of that time."""
+    from conf import TextModelConfig
+
+    saved = load_config(None).textmodel.model_dump(mode="json")
+    del saved["train"]["offset_feature"], saved["train"]["oof_scheme"]
+    old = TextModelConfig.model_validate(saved)
+    assert old.train.offset_feature is None and old.train.oof_scheme == "impressions"
+    current = load_config(None).textmodel.train
+    assert current.offset_feature == "item_ctr_smoothed" and current.oof_scheme == "time"
