@@ -69,7 +69,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
     }
     frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
-    extra: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
+    cross_fit: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
     if tm.train.oof_folds > 1:
         t0 = time.perf_counter()
         oof = trainer.out_of_fold_scores(
@@ -80,7 +80,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         metrics["train_out_of_fold"] = impression_auc(
             scored_frame(sets["train"], oof).filter(pl.col("score").is_not_nan())
         )
-        extra = {
+        cross_fit = {
             "train_interest": f"out_of_fold({tm.train.oof_folds}, {tm.train.oof_scheme})",
             "oof_seconds": time.perf_counter() - t0,
             "train_rows_without_score": int(np.isnan(oof).sum()),
@@ -95,7 +95,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         # Trained as a residual over this behavioural logit (weight learned); the interest score is the text part.
         "offset_feature": tm.train.offset_feature,
         "offset_weight": float(trainer.offset_weight.detach()) if tm.train.offset_feature else None,
-        **extra,
+        **cross_fit,
         "total_seconds": time.perf_counter() - started,
     }
     out = save_text_model(

@@ -104,10 +104,7 @@ def ranking_frame(
         )
         # Train rows may lack a score (cross-fitting by time leaves the first block unscored: see
         # ``textmodel.train.oof_scheme``); the combined ranker does not fit on them. Elsewhere a gap is an error.
-        unscored = pl.col("interest_score").is_null()
-        if "split" in frame.columns:
-            unscored = unscored & (pl.col("split") != "train")
-        missing = frame.filter(unscored).height
+        missing = frame.filter(pl.col("interest_score").is_null() & (pl.col("split") != "train")).height
         if missing:
             raise RankingFrameError(
                 f"interest scores: {missing} row(s) have none (run `recrank textmodel train` or `embed` first)"

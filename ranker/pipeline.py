@@ -76,8 +76,6 @@ class RankingPipeline:
             if "history" in users.columns
             else {}
         )
-        self._known_items = set(self.snapshot.items["item_id"].to_list())
-        self._users = set(users["user_id"].to_list())
         self.snapshot.index()  # build the request-time key index now, not in the first request
 
     def history(self, user_id: str) -> list[str]:
@@ -85,7 +83,7 @@ class RankingPipeline:
 
     def knows_user(self, user_id: str) -> bool:
         """False for a user with no events before the snapshot (scored by the cold-start path)."""
-        return user_id in self._users
+        return user_id in self.snapshot.index().user_row
 
     def needs_text(self, item_id: str) -> bool:
         """True when ``item_id`` can be scored only with its text (the text model has no vector for it)."""
@@ -110,7 +108,8 @@ class RankingPipeline:
         that need text; items missing from it are encoded here.
         """
         ids = _checked_ids(candidates)
-        new = [c for c in candidates if c.item_id not in self._known_items]
+        known = self.snapshot.index().item_row
+        new = [c for c in candidates if c.item_id not in known]
         new_items = (
             pl.DataFrame(
                 {

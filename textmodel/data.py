@@ -246,11 +246,11 @@ def load_sets(
         extra = [(p.log() - (1 - p).log()).alias("offset")]
     sets = {}
     for split in ("train", "val", "test"):
-        rows = features.filter(pl.col("split") == split).select("impression_id", "item_id", "clicked", "ts", *extra)
-        if rows.height == 0:
+        part = features.filter(pl.col("split") == split)
+        if part.height == 0:
             raise TextDataError(f"features: no rows in the {split} split")
         if offset is not None:
-            raw = features.filter(pl.col("split") == split)[offset]
+            raw = part[offset]
             if raw.null_count():
                 raise TextDataError(f"features: column {offset!r}: {raw.null_count()} null value(s)")
             outside = raw.filter((raw < 0) | (raw > 1))
@@ -259,5 +259,6 @@ def load_sets(
                     f"features: column {offset!r}: {len(outside)} value(s) outside [0, 1], e.g. {outside[0]} "
                     "(textmodel.train.offset_feature must be a probability, such as item_ctr_smoothed)"
                 )
+        rows = part.select("impression_id", "item_id", "clicked", "ts", *extra)
         sets[split] = ImpressionSet.build(rows, histories, catalogue, cap)
     return catalogue, sets

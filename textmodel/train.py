@@ -105,6 +105,10 @@ class ClickTrainer:
         state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         return {**state, **{f"trainer.{n}": p.detach().clone() for n, p in self._own().items()}}
 
+    def _head_params(self) -> list[nn.Parameter]:
+        """What a head fit trains: the towers, the BCE bias and the offset weight."""
+        return [*self.model.tower_parameters(), self.bias, self.offset_weight]
+
     def _own(self) -> dict[str, nn.Parameter]:
         return {"bias": self.bias, "offset_weight": self.offset_weight}
 
@@ -234,7 +238,7 @@ class ClickTrainer:
         """Towers (and the trainer's bias and offset weight) from their initial values, probe-trained on ``train``
         over ``pooled`` and early-stopped on ``val``; the best state is left loaded."""
         initial = {"trainer.bias": torch.zeros_like(self.bias), "trainer.offset_weight": torch.ones_like(self.bias)}
-        towers = {"params": [*self.model.tower_parameters(), self.bias, self.offset_weight], "lr": self.cfg.head_lr}
+        towers = {"params": self._head_params(), "lr": self.cfg.head_lr}
         self._restore({**init_towers, **initial})
         self._best_state = self._trainable_state()
         self._memory = self._vectors(pooled, False)
@@ -253,7 +257,7 @@ class ClickTrainer:
         """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together."""
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
-        towers = {"params": [*self.model.tower_parameters(), self.bias, self.offset_weight], "lr": cfg.head_lr}
+        towers = {"params": self._head_params(), "lr": cfg.head_lr}
         adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
         frozen = self.model.items.backbone.upper_model is None or not adapters["params"]
         self.model.eval()
