@@ -1,18 +1,21 @@
 """Ablation: ways of letting the interest score into the LambdaRank ranker, over several ranker seeds.
 
     python bench/ranker_text_ablation.py [--data data/ml100k] [--config conf/demo.yaml] [--seeds 4] [--wide]
+                                         [--only NAME ...] [--base both|config|zero]
 
 Needs a data folder after ``recrank pipeline`` (ranking frame with interest scores, saved rankers). Each
 variant is fitted like the shipped ranker (on the train rows it may fit on, tuned and early-stopped on
 validation) once per seed; test is read only to report. Prints mean validation and test metrics with the
 test range over seeds, and writes ``bench/results/ranker_text_ablation.json``. Not a timed benchmark: it
 answers "does a use of the text score beat the features-only ranker and item CTR, beyond seed noise"
-(issue #4). The seed changes LightGBM's row and feature subsampling only.
+(issue #4). The seed changes LightGBM's row and feature subsampling only. ``--base`` fits each variant
+boosted from the configured ``ranker.base_score`` (logit of item CTR), from zero, or both.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="ranker seeds per variant (0..N-1)")
     parser.add_argument("--wide", action="store_true", help=f"tune over {WIDE_GRID} instead of ranker.tune")
     parser.add_argument("--only", nargs="*", default=None, help="variants whose name contains one of these")
+    parser.add_argument("--base", choices=["both", "config", "zero"], default="both", help="boost from what")
     args = parser.parse_args()
     cfg = load_config(args.config, [f"data.dir={args.data}"])
     run = load_ranker_run(cfg)
@@ -69,14 +73,18 @@ def main() -> None:
     base = [f for f in run.features_only_inputs.features if f not in run.inputs.categorical]
     grid = WIDE_GRID if args.wide else cfg.ranker.tune
     ctr = {"val": metrics(val, val["item_ctr_smoothed"]), "test": metrics(test, test["item_ctr_smoothed"])}
-    print(f"{'system':38s} {'val AUC / nDCG@10':>18s}   {'test AUC / nDCG@10 (mean)':>26s}   test range over seeds")
-    print(f"{'item_ctr (smoothed)':38s} {ctr['val']['auc']:.4f} / {ctr['val']['ndcg_at_10']:.4f}   "
+    print(f"{'system':52s} {'val AUC / nDCG@10':>18s}   {'test AUC / nDCG@10 (mean)':>26s}   test range over seeds")
+    print(f"{'item_ctr (smoothed)':52s} {ctr['val']['auc']:.4f} / {ctr['val']['ndcg_at_10']:.4f}   "
           f"{ctr['test']['auc']:16.4f} / {ctr['test']['ndcg_at_10']:.4f}")  # fmt: skip
+    bases = {"config": [cfg.ranker.base_score], "zero": [None], "both": [None, cfg.ranker.base_score]}[args.base]
     rows = []
-    for name, extra in EXTRAS.items():
-        if args.only is not None and not any(word in name for word in args.only):
+    for (variant, extra), base_score in itertools.product(EXTRAS.items(), dict.fromkeys(bases)):
+        if args.only is not None and not any(word in variant for word in args.only):
             continue
-        inputs = RankerInputs((*base, *extra, *run.inputs.categorical), run.inputs.categorical, run.inputs.vocab)
+        name = f"{variant}, from {base_score or 'zero'}"
+        inputs = RankerInputs(
+            (*base, *extra, *run.inputs.categorical), run.inputs.categorical, run.inputs.vocab, base_score
+        )
         fit_on = fit_rows(frame, "train", inputs)  # with text: the train rows that have an honest score
         runs = []
         for seed in range(args.seeds):
@@ -95,10 +103,10 @@ def main() -> None:
         }
         span = {m: (min(r["test"][m] for r in runs), max(r["test"][m] for r in runs)) for m in METRICS}
         beats = sum(all(r["test"][m] > ctr["test"][m] for m in METRICS) for r in runs)
-        rows.append({"variant": name, "rows": fit_on.height, "mean": summary, "test_range": span, "runs": runs,
-                     "seeds_beating_item_ctr_on_both": beats})  # fmt: skip
+        rows.append({"variant": name, "base_score": base_score, "rows": fit_on.height, "mean": summary,
+                     "test_range": span, "runs": runs, "seeds_beating_item_ctr_on_both": beats})  # fmt: skip
         print(
-            f"{name:38s} {summary['val']['auc']:.4f} / {summary['val']['ndcg_at_10']:.4f}   "
+            f"{name:52s} {summary['val']['auc']:.4f} / {summary['val']['ndcg_at_10']:.4f}   "
             f"{summary['test']['auc']:16.4f} / {summary['test']['ndcg_at_10']:.4f}   "
             f"AUC {span['auc'][0]:.4f}-{span['auc'][1]:.4f}, nDCG@10 {span['ndcg_at_10'][0]:.4f}-"
             f"{span['ndcg_at_10'][1]:.4f}; beats item_ctr on both in {beats}/{args.seeds}",

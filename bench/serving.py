@@ -342,8 +342,13 @@ def main() -> None:
     parser.add_argument("--uvicorn-rates", default="50,100,150,200,250")
     parser.add_argument("--ray-rates", default="20,30,40,50,60,80,100")
     parser.add_argument("--unknown-rate", type=float, default=2.0, help="req/s of the 10%%-unknown-items run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every server and the floor (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every server and the floor (repeatable)",
+    )
     parser.add_argument("--out", default="serving.json", help="file name under bench/results/")
     args = parser.parse_args()
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)

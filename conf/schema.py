@@ -156,7 +156,7 @@ class TrainConfig(_Strict):
         description="time: the train impressions are cut into oof_folds consecutive time blocks and block k is "
         "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
-        "random folds of impressions (heads see the other folds' later clicks too)."
+        "random folds of impressions (heads see the other folds' later clicks too).",
     )
 
 
@@ -204,6 +204,10 @@ class RankerConfig(_Strict):
         description="Split the ranker fits on; early stopping and tuning always use the validation split."
     )
     use_text: bool = Field(description="Include the text model's interest score (and its rank) as features.")
+    base_score: Literal["item_ctr_smoothed"] | None = Field(
+        description="Boost from this probability's log-odds: LightGBM's init_score is logit(feature) and the trees "
+        "learn corrections to it (null: boost from zero).",
+    )
     exclude_features: list[str] = Field(description="Behavioural features left out of the ranker.")
     categorical_features: list[Literal["category"]] = Field(description="Item fields passed as categorical features.")
     early_stopping_rounds: int = Field(gt=0, description="Rounds without validation nDCG@10 gain before stopping.")

@@ -155,7 +155,8 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
         "profile": cfg.profile,
         "bootstrap resamples": cfg.evaluation.bootstrap_samples,
         "ranker": f"LambdaRank, {run.fit.best_iteration} trees, num_leaves {run.fit.params['num_leaves']}, "
-        f"min_child_samples {run.fit.params['min_child_samples']}, trained on {cfg.ranker.train_split}",
+        f"min_child_samples {run.fit.params['min_child_samples']}, trained on {cfg.ranker.train_split}, "
+        + (f"boosted from logit({run.inputs.base_score})" if run.inputs.base_score else "boosted from zero"),
         "ranker features": ", ".join(run.inputs.features),
     }
     if run.inputs.uses_text:

@@ -134,6 +134,8 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
     tags = {"data_fingerprint": fingerprint, "git_commit": git_commit(), "run_id": mrun.info.run_id}
     if textmodel_version is not None:
         tags[TEXTMODEL_TAG] = str(textmodel_version)
+    if run.inputs.base_score:  # the logged booster alone is a correction: say what it corrects
+        tags["score"] = f"logit({run.inputs.base_score}) + booster output (recrank's loader adds the first term)"
     mv = mlflow.register_model(info.model_uri, ranker_name(cfg.mlflow.model_prefix), tags=tags)
     return str(mv.version)
 

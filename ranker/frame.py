@@ -31,6 +31,7 @@ class RankerInputs:
     features: tuple[str, ...]
     categorical: tuple[str, ...]
     vocab: dict[str, tuple[str, ...]]
+    base_score: str | None = None  # the probability column whose log-odds the booster's output is added to
 
     @classmethod
     def build(cls, spec: FeatureSpec, cfg: RankerConfig, items: pl.DataFrame) -> RankerInputs:
@@ -41,7 +42,7 @@ class RankerInputs:
         cats = tuple(cfg.categorical_features)
         vocab = {c: tuple(sorted(items[c].unique().drop_nulls().to_list())) for c in cats}
         text = TEXT_FEATURES if cfg.use_text else []
-        return cls(features=(*behaviour, *text, *cats), categorical=cats, vocab=vocab)
+        return cls(features=(*behaviour, *text, *cats), categorical=cats, vocab=vocab, base_score=cfg.base_score)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -52,6 +53,7 @@ class RankerInputs:
             features=tuple(raw["features"]),
             categorical=tuple(raw["categorical"]),
             vocab={k: tuple(v) for k, v in raw["vocab"].items()},
+            base_score=raw.get("base_score"),  # absent in rankers saved before it existed: boosted from zero
         )
 
     @property
@@ -83,6 +85,31 @@ def model_matrix(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
             column = column.cast(pl.String).cast(_vocab_enum(inputs.vocab[name]), strict=False).to_physical()
         columns.append(column.cast(pl.Float64).to_numpy())
     return np.column_stack(columns) if columns else np.empty((frame.height, 0), dtype=np.float64)
+
+
+def base_margin(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
+    """The score each row starts from before the trees: ``logit(inputs.base_score)``, or 0 without one.
+
+    LambdaRank turns score differences into pair probabilities with a sigmoid, so starting from
+    ``logit(ctr)`` makes the untrained model exactly the pairwise (Bradley-Terry) model item CTR implies:
+    ``P(i above j) = sigmoid(logit ctr_i - logit ctr_j)``. The trees then learn only corrections to it, and
+    early stopping can keep item CTR's ranking where nothing improves on it. Training (``init_score``) and
+    every prediction add this same margin.
+    """
+    if inputs.base_score is None:
+        return np.zeros(frame.height)
+    name = inputs.base_score
+    if name not in frame.columns:
+        raise RankingFrameError(f"ranking frame: base-score column {name!r} missing")
+    p = frame.get_column(name).cast(pl.Float64).to_numpy()
+    bad = ~((p > 0) & (p < 1))  # also NaN and null (NaN after to_numpy)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise RankingFrameError(
+            f"ranking frame: base-score column {name!r}: {int(bad.sum())} value(s) outside (0, 1), "
+            f"first at row {row}: {p[row]!r}"
+        )
+    return np.log(p) - np.log1p(-p)
 
 
 @functools.lru_cache(maxsize=64)

@@ -3,6 +3,10 @@
 Every candidate setting of the (small) grid in ``ranker.tune`` is fitted with early stopping on
 validation nDCG@10; the best one wins. Seeds are fixed and the booster runs deterministically, so
 the same data and config give the same model.
+
+With ``ranker.base_score`` the boosting starts from ``logit(item CTR)`` (LightGBM's ``init_score``, on the
+validation split too), so the trees model what the other features add to item CTR rather than re-learning
+item CTR itself in steps; :func:`predict` adds the same margin back (:func:`ranker.frame.base_margin`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from conf import RankerConfig
-from ranker.frame import LABEL, RankerInputs, groups, model_matrix
+from ranker.frame import LABEL, RankerInputs, base_margin, groups, model_matrix
 
 EVAL_AT = (5, 10)
 
@@ -47,17 +51,24 @@ def _grid(cfg: RankerConfig) -> list[dict[str, object]]:
     return out
 
 
-def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class _Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    group_sizes: np.ndarray
+    init_score: np.ndarray
+
+
+def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> _Dataset:
     order, sizes = groups(frame, max_rows)
     part = frame[order]
-    return model_matrix(part, inputs), part[LABEL].to_numpy(), sizes
+    return _Dataset(model_matrix(part, inputs), part[LABEL].to_numpy(), sizes, base_margin(part, inputs))
 
 
 def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig) -> FitResult:
     """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10."""
     start = time.perf_counter()
-    x, y, g = _dataset(train, inputs, cfg.max_group_rows)
-    xv, yv, gv = _dataset(val, inputs, cfg.max_group_rows)
+    fit_on, val_on = _dataset(train, inputs, cfg.max_group_rows), _dataset(val, inputs, cfg.max_group_rows)
     categorical = [inputs.features.index(c) for c in inputs.categorical]
     best: FitResult | None = None
     trials = []
@@ -73,12 +84,14 @@ def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg
             **params,
         )
         model.fit(
-            x,
-            y,
-            group=g,
-            eval_X=(xv,),
-            eval_y=(yv,),
-            eval_group=[gv],
+            fit_on.x,
+            fit_on.y,
+            group=fit_on.group_sizes,
+            init_score=fit_on.init_score,
+            eval_X=(val_on.x,),
+            eval_y=(val_on.y,),
+            eval_group=[val_on.group_sizes],
+            eval_init_score=[val_on.init_score],
             eval_at=EVAL_AT,
             feature_name=list(inputs.features),
             categorical_feature=categorical,
@@ -96,5 +109,8 @@ def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg
 
 
 def predict(booster: lgb.Booster, frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
-    """Scores of ``frame``'s rows. One thread: for request-sized inputs OpenMP start-up dominates."""
-    return booster.predict(model_matrix(frame, inputs), num_threads=1)
+    """Scores of ``frame``'s rows: the base margin plus the trees (the booster alone is only the correction).
+
+    One thread: for request-sized inputs OpenMP start-up dominates.
+    """
+    return base_margin(frame, inputs) + booster.predict(model_matrix(frame, inputs), num_threads=1)

@@ -52,11 +52,13 @@ def test_pipeline_registers_the_pair_and_promotes_the_first_version(world) -> No
     mv = client.get_model_version(name, "1")
     assert mv.tags["textmodel_version"] == "1"
     assert mv.tags["data_fingerprint"] and mv.tags["git_commit"]
+    assert mv.tags["score"].startswith("logit(item_ctr_smoothed) + booster output")
     assert client.get_model_version(f"{cfg.mlflow.model_prefix}-textmodel", "1").tags["data_fingerprint"]
     report = Path(cfg.data.dir) / "report"
     assert (report / "feature_importance.png").is_file() and (report / "metric_by_model.png").is_file()
     text = (report / "report.md").read_text()
     assert "| ranker |" in text and "| lightgbm_features_only |" in text and "| interest_score |" in text
+    assert "boosted from logit(item_ctr_smoothed)" in text
 
 
 def test_registry_round_trip_gives_identical_scores(world) -> None:
@@ -67,8 +69,10 @@ def test_registry_round_trip_gives_identical_scores(world) -> None:
         client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
     )
     assert served.versions == {"ranker": "1", "textmodel": "1"}
-    direct = local.fit.booster.predict(model_matrix(test, local.inputs))
-    np.testing.assert_array_equal(served.score_frame(test), direct)  # registry pipeline == booster.predict
+    assert local.inputs.base_score == "item_ctr_smoothed"  # the default: boosted from item CTR's log-odds
+    ctr = test["item_ctr_smoothed"].to_numpy()
+    direct = np.log(ctr) - np.log1p(-ctr) + local.fit.booster.predict(model_matrix(test, local.inputs))
+    np.testing.assert_array_equal(served.score_frame(test), direct)  # registry pipeline == margin + booster
     # The online path: a request scored from the snapshot + text model equals the same request scored
     # offline (features + interest scores the same way the training frame gets them).
     user = test["user_id"][0]
