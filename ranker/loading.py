@@ -89,16 +89,21 @@ class RankerVersion:
 
 def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
     import mlflow.lightgbm
+    from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
 
     uri = f"models:/{ranker_name(prefix)}/{version}"
-    mv = client.get_model_version(ranker_name(prefix), version)
-    meta = get_model_info(uri).metadata or {}
+    try:
+        mv = client.get_model_version(ranker_name(prefix), version)
+        meta = get_model_info(uri).metadata or {}
+        booster = mlflow.lightgbm.load_model(uri)
+    except MlflowException as exc:  # e.g. a registry entry whose artifact folder was deleted or moved
+        raise ModelPairError(f"ranker {uri} is not available: {exc.message}") from None
     if "ranker_inputs" not in meta or "feature_spec" not in meta:
         raise ModelPairError(f"{uri}: model metadata lacks ranker_inputs/feature_spec (not logged by recrank?)")
     return RankerVersion(
         version=str(version),
-        booster=mlflow.lightgbm.load_model(uri),
+        booster=booster,
         inputs=RankerInputs.from_json(meta["ranker_inputs"]),
         spec=FeatureSpec.from_json(meta["feature_spec"]),
         textmodel_version=mv.tags.get(TEXTMODEL_TAG),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import polars as pl
@@ -16,7 +18,7 @@ from offline.cli import main
 from offline.tracking import setup
 from ranker.frame import model_matrix, split_rows
 from ranker.lambdarank import fit_ranker
-from ranker.loading import ModelPairError, load_pipeline, ranker_name
+from ranker.loading import ModelPairError, load_pipeline, load_ranker_version, ranker_name
 from ranker.pipeline import Candidate
 
 pytestmark = pytest.mark.integration
@@ -165,3 +167,13 @@ def test_online_request_equals_the_offline_path_for_the_same_request(world) -> N
     offline = offline.with_columns(pl.Series("interest_score", score_rows(scorer.model, scorer.vectors, data)))
     online = served.score(user, [Candidate(i) for i in candidates])
     np.testing.assert_allclose(online, served.score_frame(offline), rtol=0, atol=1e-6)
+
+
+def test_a_ranker_version_whose_artifacts_are_gone_fails_with_a_named_error(world) -> None:
+    cfg, client = world
+    name = ranker_name(cfg.mlflow.model_prefix)
+    version = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "1", {})
+    model_id = client.get_model_version(name, version).source.removeprefix("models:/")
+    shutil.rmtree(urlparse(client.get_logged_model(model_id).artifact_location).path)  # e.g. a pruned artifact store
+    with pytest.raises(ModelPairError, match=rf"ranker models:/{name}/{version} is not available: No such artifact"):
+        load_ranker_version(client, cfg.mlflow.model_prefix, version)
