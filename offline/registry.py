@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import polars as pl
 
@@ -168,9 +167,9 @@ def _set_champion(client, name: str, version: str) -> None:
 
 def evaluate_version(cfg: Config, client, version: str, frame: pl.DataFrame) -> pl.DataFrame:
     """Per-impression test metrics of one ranker version, with its own pinned text model's scores."""
+    from ranker.evaluate import per_impression_metrics
     from ranker.frame import with_interest_rank
     from ranker.lambdarank import predict
-    from ranker.metrics import per_group_metrics
 
     prefix = cfg.mlflow.model_prefix
     ranker = load_ranker_version(client, prefix, version)
@@ -183,8 +182,7 @@ def evaluate_version(cfg: Config, client, version: str, frame: pl.DataFrame) -> 
                 how="left",
             )
         )
-    scored = test.with_columns(pl.Series("score", predict(ranker.booster, test, ranker.inputs)))
-    return per_group_metrics(scored, tie_break=None)
+    return per_impression_metrics(test, predict(ranker.booster, test, ranker.inputs))
 
 
 def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_version: str) -> pl.DataFrame:
@@ -213,6 +211,7 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     from offline.ranker_stage import load_ranking_frame
     from ranker.compare import paired_bootstrap
     from ranker.frame import RankerInputs, split_rows
+    from ranker.metrics import METRIC_NAMES, summarize
 
     client = setup(cfg)
     name = ranker_name(cfg.mlflow.model_prefix)
@@ -239,13 +238,7 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     )
     frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")
     per = {v: evaluate_version(cfg, client, v, frame) for v in (challenger, str(champion))}
-    summary = {
-        v: {
-            m: float(np.nanmean(p[m].cast(pl.Float64).fill_null(np.nan).to_numpy()))
-            for m in ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
-        }
-        for v, p in per.items()
-    }
+    summary = {v: {m: summarize(p)[m] for m in METRIC_NAMES} for v, p in per.items()}
     _, gains = paired_bootstrap(
         {"challenger": per[challenger], "champion": per[str(champion)]},
         metric,

@@ -74,8 +74,19 @@ def tie_break() -> pl.Expr:
 
 def score_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> dict[str, float]:
     """Point metrics of one score per row of ``frame`` (one split), with the report's tie-break."""
-    scored = frame.select(GROUP, LABEL, "item_id").with_columns(pl.Series("_score", scores), tie_break())
-    return _system_metrics(scored, "_score")[1]
+    return _system_metrics(_with_score(frame, scores), "_score")[1]
+
+
+def per_impression_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
+    """Per-impression metrics of one score per row of ``frame``, with the report's tie-break.
+
+    What promotion compares two model versions on, so a champion's figures there are its report figures.
+    """
+    return per_group_metrics(_with_score(frame, scores), GROUP, LABEL, "_score", tie_break=TIE)
+
+
+def _with_score(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
+    return frame.select(GROUP, LABEL, "item_id").with_columns(pl.Series("_score", scores), tie_break())
 
 
 def _system_metrics(frame: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, float]]:

@@ -58,7 +58,8 @@ class RankerInputs:
 
     @property
     def uses_text(self) -> bool:
-        return "interest_score" in self.features
+        """True when any input comes from the text model (the score or its rank)."""
+        return any(f in TEXT_FEATURES for f in self.features)
 
 
 def with_interest_rank(frame: pl.DataFrame, group: str = GROUP) -> pl.DataFrame:

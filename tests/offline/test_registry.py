@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -104,6 +105,10 @@ def test_promotion_refused_when_worse_forced_then_better_wins_and_rollback(world
         refused.gain["mean"] < 0 and refused.challenger_metrics["ndcg_at_10"] < refused.champion_metrics["ndcg_at_10"]
     )
     assert str(client.get_registered_model(name).aliases["champion"]) == "1"
+    # the champion (the pipeline's ranker) is judged on the figures its report shows: same rows, same tie-break
+    report = json.loads((Path(cfg.data.dir) / "report" / "metrics.json").read_text())
+    reported = report["systems"]["ranker"]["metrics"]
+    assert refused.champion_metrics == pytest.approx({m: reported[m] for m in refused.champion_metrics}, abs=1e-12)
     assert "refused" in client.get_model_version(name, bad_version).tags["promotion_decision"]
     forced = registry.promote(cfg, force=True)
     assert forced.promoted and str(client.get_registered_model(name).aliases["champion"]) == bad_version
