@@ -59,7 +59,7 @@ def train_ranker(cfg: Config) -> RankerRun:
         plain_cfg = cfg.ranker.model_copy(update={"use_text": False})
         plain = RankerInputs.build(spec, plain_cfg, items)
         run.features_only = fit_ranker(
-            split_rows(frame, plain_cfg.train_split), split_rows(frame, "val"), plain, plain_cfg
+            fit_rows(frame, plain_cfg.train_split, plain), split_rows(frame, "val"), plain, plain_cfg
         )
         run.features_only_inputs = plain
     save_ranker(run, Path(cfg.data.dir) / RANKER_DIR)

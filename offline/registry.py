@@ -238,7 +238,8 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     )
     frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")
     per = {v: evaluate_version(cfg, client, v, frame) for v in (challenger, str(champion))}
-    summary = {v: {m: summarize(p)[m] for m in METRIC_NAMES} for v, p in per.items()}
+    points = {v: summarize(p) for v, p in per.items()}  # one pass per version; keep the metrics, not the counts
+    summary = {v: {m: point[m] for m in METRIC_NAMES} for v, point in points.items()}
     _, gains = paired_bootstrap(
         {"challenger": per[challenger], "champion": per[str(champion)]},
         metric,
