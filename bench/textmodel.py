@@ -37,14 +37,15 @@ from textmodel.backbone import load_backbone  # noqa: E402
 from textmodel.data import batches, sample_examples  # noqa: E402
 from textmodel.layers import SplitBackbone  # noqa: E402
 from textmodel.model import build_text_model  # noqa: E402
+from textmodel.prompt import ItemText  # noqa: E402
 from textmodel.towers import pool  # noqa: E402
 from textmodel.train import ClickTrainer  # noqa: E402
 
 
 def bench_encode(cfg: Config, n_items: int) -> dict[str, float]:
-    catalogue, _ = text_inputs(cfg)
-    texts = catalogue.texts[:n_items]
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
+    catalogue, _ = text_inputs(cfg, ItemText.from_config(cfg.textmodel, backbone.tokenizer))
+    texts = catalogue.texts[:n_items]
     tok = backbone.tokenizer
     batch = 64
     with torch.no_grad():
@@ -77,8 +78,8 @@ def bench_encode(cfg: Config, n_items: int) -> dict[str, float]:
 
 
 def bench_step(cfg: Config, steps: int) -> dict[str, float]:
-    catalogue, sets = text_inputs(cfg)
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
+    catalogue, sets = text_inputs(cfg, ItemText.from_config(cfg.textmodel, backbone.tokenizer))
     model, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"))
     trainer = ClickTrainer(model, encoder, cfg.textmodel.train, torch.device("cpu"), impression_auc)
     rng = np.random.default_rng(0)
@@ -126,8 +127,8 @@ def _metrics(frame: pl.DataFrame, score: str) -> dict[str, float]:
 
 def _untrained_cosine(cfg: Config) -> pl.DataFrame:
     """Zero-shot: mean-pooled final hidden states; user = mean of history vectors; cosine. No training."""
-    catalogue, sets = text_inputs(cfg)
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
+    catalogue, sets = text_inputs(cfg, ItemText.from_config(cfg.textmodel, backbone.tokenizer))
     split = SplitBackbone(backbone.model, 0)
     tok = backbone.tokenizer
     vecs = []

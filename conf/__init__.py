@@ -2,6 +2,7 @@
 
 from conf.loader import CONF_DIR, ConfigError, load_config
 from conf.schema import (
+    AdversarialConfig,
     Config,
     DataConfig,
     EvaluationConfig,
@@ -20,6 +21,7 @@ from conf.schema import (
 
 __all__ = [
     "CONF_DIR",
+    "AdversarialConfig",
     "Config",
     "ConfigError",
     "DataConfig",

@@ -135,18 +135,25 @@ def print_metrics(result) -> None:
 
 def print_training(summary: dict) -> None:
     table = Table(title=f"text model: {summary['model_dir']}")
-    for head in ("epoch", "phase", "train loss", "val AUC", "steps", "seconds"):
+    for head in ("epoch", "phase", "train loss", "val AUC", "val AUC (text part)", "steps", "seconds"):
         table.add_column(head)
     for e in summary["train"]["epochs"]:
+        text = e.get("val_text")
         table.add_row(
             str(e["epoch"]),
             e.get("phase", ""),
             f"{e['train_loss']:.4f}",
             f"{e['val_metric']:.4f}",
+            "" if text is None else f"{text:.4f}",
             str(e["steps"]),
             f"{e['seconds']:.1f}",
         )
     console.print(table)
+    train = summary["train"]
+    if "best_phase" in train:
+        console.print(
+            f"exported: epoch {train['best_epoch']} ({train['best_phase']}); best val by phase {train['best_by_phase']}"
+        )
     aucs = summary["impression_auc"]
     console.print(
         f"impression-mean AUC: train {aucs['train']:.4f}  val {aucs['val']:.4f}  test {aucs['test']:.4f}  "

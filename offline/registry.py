@@ -192,13 +192,14 @@ def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_vers
     from offline.textmodel_stage import text_inputs
     from ranker.loading import textmodel_folder
     from textmodel.artifact import load_text_model, table_vectors
+    from textmodel.prompt import ItemText
     from textmodel.scoring import interest_frame
 
     if not textmodel_version:
         raise ModelPairError(f"ranker version {ranker_version} has no {TEXTMODEL_TAG} tag")
     folder = textmodel_folder(client, cfg.mlflow.model_prefix, textmodel_version)
     loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
-    catalogue, sets = text_inputs(cfg)
+    catalogue, sets = text_inputs(cfg, ItemText.from_config(loaded.config, loaded.backbone.tokenizer))
     table = loaded.table
     if table["item_id"].to_list() != catalogue.item_ids:
         raise ModelPairError(f"textmodel version {textmodel_version}: its embedding table is for another catalogue")

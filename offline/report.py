@@ -6,18 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from features.io import atomic_path, write_json_atomic
+from ranker.compare import Interval
 from ranker.evaluate import EvaluationResult
 from ranker.metrics import METRIC_NAMES
 
 REPORT_DIR = "report"
-TABLE_METRICS = ("auc", "global_auc", "mrr", "ndcg_at_5", "ndcg_at_10")
+TABLE_METRICS = ("auc", "global_auc", "mrr", "mrr_mind", "ndcg_at_5", "ndcg_at_10")
+SLICE_METRICS = ("auc", "ndcg_at_10")  # the slice tables stay compact: two metrics, their gains per reference
 _LABELS = {
     "auc": "AUC (imp-mean)",
     "global_auc": "global AUC",
-    "mrr": "MRR",
+    "mrr": "MRR (first hit)",
+    "mrr_mind": "MRR (MIND)",
     "ndcg_at_5": "nDCG@5",
     "ndcg_at_10": "nDCG@10",
 }
+_SHORT = {"auc": "AUC", "ndcg_at_10": "nDCG@10", "ndcg_at_5": "nDCG@5", "mrr": "MRR", "mrr_mind": "MRR-MIND"}
+_REF_SHORT = {"lightgbm_features_only": "features-only"}
+
+
+def _gain(iv: Interval | None) -> str:
+    return f"{iv.mean:+.4f} [{iv.low:+.3f}, {iv.high:+.3f}]" if iv else ""
 
 
 def metrics_table(result: EvaluationResult) -> list[list[str]]:
@@ -32,15 +41,28 @@ def metrics_table(result: EvaluationResult) -> list[list[str]]:
     return rows
 
 
-def gains_table(result: EvaluationResult) -> list[list[str]]:
-    key = f"gain_vs_{result.baseline}"
+def gains_table(result: EvaluationResult, reference: str | None = None) -> list[list[str]]:
+    """Header + one row per other system: its gain over ``reference`` (default: the first) on each metric."""
+    ref = reference or result.baseline
     rows = [["system", *[f"Δ {_LABELS[m]}" for m in METRIC_NAMES]]]
-    names = [n for n in result.systems if n != result.baseline]
-    for name in names:
-        cells = [name]
-        for metric in METRIC_NAMES:
-            iv = result.intervals[metric].get(key, {}).get(name)
-            cells.append(f"{iv.mean:+.4f} [{iv.low:+.3f}, {iv.high:+.3f}]" if iv else "")
+    for name in (n for n in result.systems if n != ref):
+        rows.append([name, *[_gain(result.gains(ref, m).get(name)) if ref else "" for m in METRIC_NAMES]])
+    return rows
+
+
+def slice_table(result: EvaluationResult, name: str) -> list[list[str]]:
+    """Header + one row per system on one slice: AUC and nDCG@10, and their gains over every reference."""
+    head = ["system", *[_SHORT[m] for m in SLICE_METRICS]]
+    head += [f"Δ {_SHORT[m]} vs {_REF_SHORT.get(r, r)}" for r in result.references for m in SLICE_METRICS]
+    rows = [head]
+    for system, res in result.systems.items():
+        point = res.slice_metrics.get(name, {})
+        cells = [system, *[f"{point.get(m, float('nan')):.4f}" for m in SLICE_METRICS]]
+        cells += [
+            "—" if system == r else _gain(result.gains(r, m, where=name).get(system))
+            for r in result.references
+            for m in SLICE_METRICS
+        ]
         rows.append(cells)
     return rows
 
@@ -52,10 +74,22 @@ def _markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _slice_section(result: EvaluationResult, name: str) -> list[str]:
+    sl = result.slices[name]
+    parts = [f"### `{name}`: {sl.description}", ""]
+    if not sl.available:
+        return [*parts, "Not computed: the evaluation was not given the data to decide it (see notes).", ""]
+    kept = "rows" if sl.keeps == "rows" else "whole impressions"
+    size = (
+        f"{sl.rows_matching} rows match ({kept}); {sl.rows} rows in {sl.impressions} impressions count "
+        f"({sl.impressions_with_auc} with an AUC)."
+    )
+    if not sl.impressions:
+        return [*parts, size + " Empty on this split: no metrics.", ""]
+    return [*parts, size, "", _markdown(slice_table(result, name)), ""]
+
+
 def render_markdown(result: EvaluationResult, title: str, context: dict[str, object]) -> str:
-    cold_rows = [["system", *[_LABELS[m] for m in TABLE_METRICS]]]
-    for name, res in result.systems.items():
-        cold_rows.append([name, *[f"{res.cold_metrics.get(m, float('nan')):.4f}" for m in TABLE_METRICS]])
     parts = [
         f"# {title}",
         "",
@@ -63,23 +97,36 @@ def render_markdown(result: EvaluationResult, title: str, context: dict[str, obj
         "",
         f"## {result.split} split: {result.impressions} impressions, {result.rows} rows",
         "",
-        "Impression-mean metrics with 95% paired-bootstrap intervals over impressions.",
+        "Impression-mean metrics with 95% paired-bootstrap intervals over impressions. MRR (first hit) is 1 / rank "
+        "of the top clicked item; MRR (MIND) averages 1 / rank over all clicked items (microsoft-recommenders' "
+        "`mrr_score`); they differ only on impressions with several clicks.",
         "",
         _markdown(metrics_table(result)),
         "",
-        f"## Gain over `{result.baseline}` (paired bootstrap, 95%)",
-        "",
-        "An interval that excludes 0 is a gain (or loss) that resampling the test impressions does not erase.",
-        "",
-        _markdown(gains_table(result)),
-        "",
-        f"## Cold-item slice ({result.cold_rows} rows: items shown few times before the impression)",
-        "",
-        _markdown(cold_rows),
-        "",
-        "![metric by model](metric_by_model.png)",
-        "",
     ]
+    for ref in result.references:
+        parts += [
+            f"## Gain over `{ref}` (paired bootstrap, 95%)",
+            "",
+            "An interval that excludes 0 is a gain (or loss) that resampling the test impressions does not erase.",
+            "",
+            _markdown(gains_table(result, ref)),
+            "",
+        ]
+    if result.slices:
+        parts += [
+            "## Slices: where behaviour is thin",
+            "",
+            "Item slices keep, within each impression, only the slice's candidates, and count the impressions "
+            "where both a click and a non-click remain. User slices keep whole impressions. Gains are paired "
+            "bootstrap intervals (95%) over the slice's impressions.",
+            "",
+        ]
+        for name in result.slices:
+            parts += _slice_section(result, name)
+    if result.notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
+    parts += ["![metric by model](metric_by_model.png)", ""]
     return "\n".join(parts)
 
 

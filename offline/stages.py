@@ -14,8 +14,10 @@ from conf import Config
 from features.behaviour import FeatureSpec
 from features.build import build_features, read_features
 from features.prepare import PrepareSummary, prepare_dataset, read_manifest
+from features.split import read_split
 from offline.report import write_report
 from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
+from ranker.slices import new_item_ids
 
 
 def prepare(cfg: Config, progress: bool = True) -> PrepareSummary:
@@ -27,9 +29,13 @@ def features(cfg: Config) -> dict[str, object]:
 
 
 def evaluate_baselines(cfg: Config, split: str = "test") -> tuple[EvaluationResult, Path]:
-    """Evaluate the single-signal baselines on ``split`` and write the report."""
-    frame = read_features(cfg.data.dir).filter(pl.col("split") == split).collect()
-    result = evaluate_systems(frame, BASELINES, cfg.evaluation, baseline="popularity", split=split)
+    """Evaluate the single-signal baselines on ``split`` and write the report (gains over smoothed item CTR)."""
+    features = read_features(cfg.data.dir)
+    frame = features.filter(pl.col("split") == split).collect()
+    new_items = new_item_ids(features, read_split(cfg.data.dir).val_start)
+    result = evaluate_systems(
+        frame, BASELINES, cfg.evaluation, references=("item_ctr",), split=split, new_items=new_items
+    )
     manifest = read_manifest(cfg.data.dir)
     context = {
         "dataset": manifest.get("dataset"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,9 @@ from features import read_features, read_impressions, read_items, read_manifest
 from features.history import impression_histories
 from features.io import write_parquet_atomic
 from ranker.metrics import per_group_metrics, summarize
+
+if TYPE_CHECKING:  # torch and transformers load only when a text-model command runs
+    from textmodel.prompt import ItemText
 
 INTEREST_FILE = "interest.parquet"
 TEXTMODEL_DIR = "textmodel"
@@ -31,8 +35,9 @@ def model_dir(cfg: Config) -> Path:
     return Path(cfg.data.dir) / TEXTMODEL_DIR
 
 
-def text_inputs(cfg: Config):
-    """The catalogue and the train/val/test impression sets of ``cfg.data.dir``, as the text model reads them."""
+def text_inputs(cfg: Config, text: ItemText):
+    """The catalogue (texts rendered by ``text``: the prompt, tokenizer and budget of the text model that reads
+    them) and the train/val/test impression sets of ``cfg.data.dir``."""
     from textmodel.data import load_sets
 
     d = cfg.data.dir
@@ -40,7 +45,7 @@ def text_inputs(cfg: Config):
     features = read_features(d).collect()
     histories = impression_histories(read_impressions(d), features.lazy(), cfg.data.history_cap).collect()
     offset = cfg.textmodel.train.offset_feature
-    return load_sets(items, features, histories, cfg.textmodel.text_fields, cfg.data.history_cap, offset)
+    return load_sets(items, features, histories, text, cfg.data.history_cap, offset)
 
 
 def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
@@ -48,14 +53,15 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     from textmodel.artifact import embedding_table, save_text_model
     from textmodel.backbone import load_backbone
     from textmodel.model import build_text_model, resolve_device
+    from textmodel.prompt import ItemText
     from textmodel.scoring import interest_frame, score_rows, scored_frame
     from textmodel.train import ClickTrainer
 
     tm = cfg.textmodel
     started = time.perf_counter()
-    catalogue, sets = text_inputs(cfg)
     device = resolve_device(tm.train.device)
-    backbone = load_backbone(tm.backbone, tm.cache_dir)
+    backbone = load_backbone(tm.backbone, tm.cache_dir)  # first: its tokenizer fits the item texts to max_tokens
+    catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
     model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, sets["train"]))
     t0 = time.perf_counter()
     encoder.build_cache(progress=progress)
@@ -73,7 +79,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     if tm.train.oof_folds > 1:
         t0 = time.perf_counter()
         oof = trainer.out_of_fold_scores(
-            sets["train"], sets["val"], tm.train.oof_folds, init_towers, tm.train.oof_scheme
+            sets["train"], sets["val"], tm.train.oof_folds, init_towers, tm.train.oof_scheme, progress
         )
         # Rows no head could score honestly (the first time block) get no score: the ranker does not fit on them.
         frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof).fill_nan(None))
@@ -126,8 +132,8 @@ def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
 
     device = resolve_device(cfg.textmodel.train.device)
     loaded = load_text_model(model_dir(cfg), cfg.textmodel.cache_dir, device)
-    catalogue, sets = text_inputs(cfg)
     scorer = TextScorer(loaded, device)
+    catalogue, sets = text_inputs(cfg, scorer.item_text)  # the saved model's prompt, not the current config's
     t0 = time.perf_counter()
     with torch.no_grad():
         memory = scorer.encode_texts(catalogue.texts)

@@ -3,18 +3,23 @@
 A *system* is a named score expression over the feature frame (a baseline column today; the text
 model and the ranker add theirs as columns). Every system is evaluated on exactly the same rows, with
 the same deterministic tie-break, so differences are differences between systems, not between samples.
+
+Gains are reported against each *reference* present among the systems (by default smoothed item CTR, the
+bar to beat, and the features-only LightGBM, which isolates what the text adds), on the whole split and on
+every slice of :data:`ranker.slices.SLICES`, each with a paired 95% bootstrap interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from conf import EvaluationConfig
-from ranker.compare import Interval, compare_systems
+from ranker.compare import Interval, compare_systems, gain_key
 from ranker.metrics import METRIC_NAMES, auc, per_group_metrics, summarize
+from ranker.slices import NEW_ITEM, SLICES, SliceDef, slice_rows, with_new_item_flag
 
 GROUP, LABEL, TIE = "impression_id", "clicked", "_tie"
 
@@ -24,14 +29,62 @@ BASELINES: dict[str, pl.Expr] = {
     "popularity": pl.col("item_impressions_before").cast(pl.Float64),
     "item_ctr": pl.col("item_ctr_smoothed"),
 }
+# What gains are measured against, where present: the bar to beat, and the ranker without its text features.
+DEFAULT_REFERENCES = ("item_ctr", "lightgbm_features_only")
+
+Intervals = dict[str, dict[str, dict[str, Interval]]]  # {metric: {"systems" | "gain_vs_<ref>": {system: Interval}}}
+
+
+def _intervals_json(intervals: Intervals) -> dict[str, object]:
+    return {
+        metric: {kind: {name: iv.to_json() for name, iv in ivs.items()} for kind, ivs in by_kind.items()}
+        for metric, by_kind in intervals.items()
+    }
 
 
 @dataclass
 class SystemResult:
-    """Point metrics of one system on the whole test set and on the cold-item slice."""
+    """Point metrics of one system on the whole split, and on each slice (``{slice: metrics}``)."""
 
     metrics: dict[str, float]
-    cold_metrics: dict[str, float]
+    slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def cold_metrics(self) -> dict[str, float]:
+        """The ``cold_items`` slice's metrics (the one slice older reports had)."""
+        return self.slice_metrics.get("cold_items", {})
+
+
+@dataclass
+class SliceResult:
+    """One slice: what it is, how big it is, and every system's intervals and gains on it.
+
+    ``rows_matching`` counts the rows the definition selects; ``rows`` / ``impressions`` the ones that count
+    (item slices drop impressions left without both labels). ``available`` is False where the frame could
+    not say (``new_items`` evaluated without the new-item ids): then every count is 0 and a note says why.
+    """
+
+    name: str
+    description: str
+    keeps: str
+    rows_matching: int
+    rows: int
+    impressions: int
+    impressions_with_auc: int
+    intervals: Intervals
+    available: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "description": self.description,
+            "keeps": self.keeps,
+            "available": self.available,
+            "rows_matching": self.rows_matching,
+            "rows": self.rows,
+            "impressions": self.impressions,
+            "impressions_with_auc": self.impressions_with_auc,
+            "intervals": _intervals_json(self.intervals),
+        }
 
 
 @dataclass
@@ -39,11 +92,26 @@ class EvaluationResult:
     split: str
     rows: int
     impressions: int
-    baseline: str
+    references: list[str]
     systems: dict[str, SystemResult]
-    intervals: dict[str, dict[str, dict[str, Interval]]]
-    cold_rows: int
+    intervals: Intervals
+    slices: dict[str, SliceResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> str | None:
+        """The first reference (the one older reports compared against), or None."""
+        return self.references[0] if self.references else None
+
+    @property
+    def cold_rows(self) -> int:
+        cold = self.slices.get("cold_items")
+        return cold.rows_matching if cold else 0
+
+    def gains(self, reference: str, metric: str, where: str | None = None) -> dict[str, Interval]:
+        """``{system: gain over reference}`` for ``metric`` on the whole split (``where=None``) or a slice."""
+        intervals = self.intervals if where is None else self.slices[where].intervals
+        return intervals.get(metric, {}).get(gain_key(reference), {})
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -51,14 +119,14 @@ class EvaluationResult:
             "rows": self.rows,
             "impressions": self.impressions,
             "baseline": self.baseline,
+            "references": self.references,
             "cold_rows": self.cold_rows,
             "systems": {
-                name: {"metrics": res.metrics, "cold_items": res.cold_metrics} for name, res in self.systems.items()
+                name: {"metrics": res.metrics, "cold_items": res.cold_metrics, "slices": res.slice_metrics}
+                for name, res in self.systems.items()
             },
-            "intervals": {
-                metric: {kind: {name: iv.to_json() for name, iv in ivs.items()} for kind, ivs in by_kind.items()}
-                for metric, by_kind in self.intervals.items()
-            },
+            "intervals": _intervals_json(self.intervals),
+            "slices": {name: sl.to_json() for name, sl in self.slices.items()},
             "notes": self.notes,
         }
 
@@ -100,37 +168,87 @@ def evaluate_systems(
     frame: pl.DataFrame,
     systems: Mapping[str, pl.Expr],
     cfg: EvaluationConfig,
-    baseline: str = "popularity",
+    references: Sequence[str] = DEFAULT_REFERENCES,
     split: str = "test",
+    new_items: Collection[str] | pl.Series | None = None,
+    slices: Sequence[SliceDef] = SLICES,
 ) -> EvaluationResult:
     """Score ``frame`` (one split of the feature frame) with every system and compare them.
 
-    The cold-item slice keeps, within each impression, the candidates shown at most
-    ``cfg.cold_item_max_impressions`` times before; impressions with both labels among them count.
+    ``references`` are the systems gains are measured against; those not among ``systems`` are skipped (the
+    baselines-only report has no features-only LightGBM). ``new_items`` are the ids of items first seen after
+    the training cut-off (:func:`ranker.slices.new_item_ids` over the whole feature table); without them the
+    ``new_items`` slice is reported as unavailable. Slices are defined in :mod:`ranker.slices`.
     """
     if frame.height == 0:
         raise ValueError(f"no rows in the {split} split to evaluate")
+    if not systems:
+        raise ValueError("no systems to evaluate")
+    refs = [r for r in dict.fromkeys(references) if r in systems]
     scored = frame.with_columns(
         *[expr.alias(f"score__{name}") for name, expr in systems.items()],
         tie_break(),
     )
-    cold = scored.filter(pl.col("item_impressions_before") <= cfg.cold_item_max_impressions)
-    per_group: dict[str, pl.DataFrame] = {}
+    if new_items is not None:
+        scored = with_new_item_flag(scored, new_items)
+    notes = [] if refs else [f"none of the references {list(references)} is among the systems: no gains"]
     results: dict[str, SystemResult] = {}
+    per_group: dict[str, pl.DataFrame] = {}
     for name in systems:
-        per, summary = _system_metrics(scored, f"score__{name}")
-        per_group[name] = per
-        cold_summary = _system_metrics(cold, f"score__{name}")[1] if cold.height else {}
-        results[name] = SystemResult(metrics=summary, cold_metrics=cold_summary)
-    intervals = compare_systems(
-        per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, baseline if baseline in systems else None
-    )
+        per_group[name], summary = _system_metrics(scored, f"score__{name}")
+        results[name] = SystemResult(metrics=summary)
+    intervals = compare_systems(per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, references=refs)
+    out_slices: dict[str, SliceResult] = {}
+    for definition in slices:
+        if NEW_ITEM in definition.needs and NEW_ITEM not in scored.columns:  # expected: ids are optional
+            out_slices[definition.name] = SliceResult(
+                definition.name, definition.describe(cfg), definition.keeps, 0, 0, 0, 0, {}, available=False
+            )
+            notes.append(f"{definition.name}: no new-item ids given (new_items=new_item_ids(features, cut-off))")
+            continue
+        out_slices[definition.name], by_system = _evaluate_slice(scored, list(systems), definition, cfg, refs)
+        for name, metrics in by_system.items():
+            results[name].slice_metrics[definition.name] = metrics
     return EvaluationResult(
         split=split,
         rows=scored.height,
         impressions=scored[GROUP].n_unique(),
-        baseline=baseline,
+        references=refs,
         systems=results,
         intervals=intervals,
-        cold_rows=cold.height,
+        slices=out_slices,
+        notes=notes,
     )
+
+
+def _evaluate_slice(
+    scored: pl.DataFrame,
+    names: Sequence[str],
+    definition: SliceDef,
+    cfg: EvaluationConfig,
+    refs: Sequence[str],
+) -> tuple[SliceResult, dict[str, dict[str, float]]]:
+    """One slice: its sizes, intervals and gains, and ``{system: point metrics}`` on it (empty when empty)."""
+    rows, matching = slice_rows(scored, definition, cfg)
+    per_group: dict[str, pl.DataFrame] = {}
+    metrics: dict[str, dict[str, float]] = {name: {} for name in names}
+    if rows.height:
+        for name in names:
+            per_group[name], metrics[name] = _system_metrics(rows, f"score__{name}")
+    intervals = (
+        compare_systems(per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, references=refs)
+        if per_group
+        else {}
+    )
+    any_per = next(iter(per_group.values()), None)
+    result = SliceResult(
+        name=definition.name,
+        description=definition.describe(cfg),
+        keeps=definition.keeps,
+        rows_matching=matching,
+        rows=rows.height,
+        impressions=0 if any_per is None else any_per.height,
+        impressions_with_auc=0 if any_per is None else int(any_per["auc"].drop_nulls().len()),
+        intervals=intervals,
+    )
+    return result, metrics

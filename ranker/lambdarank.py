@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from conf import RankerConfig
+from conf.progress import say
 from ranker.frame import LABEL, RankerInputs, base_margin, groups, model_matrix
 
 EVAL_AT = (5, 10)
@@ -65,8 +66,11 @@ def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> _Datas
     return _Dataset(model_matrix(part, inputs), part[LABEL].to_numpy(), sizes, base_margin(part, inputs))
 
 
-def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig) -> FitResult:
-    """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10."""
+def fit_ranker(
+    train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
+) -> FitResult:
+    """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10 (a line per
+    setting in logs: each can take minutes on a large table)."""
     start = time.perf_counter()
     fit_on, val_on = _dataset(train, inputs, cfg.max_group_rows), _dataset(val, inputs, cfg.max_group_rows)
     categorical = [inputs.features.index(c) for c in inputs.categorical]
@@ -101,6 +105,7 @@ def fit_ranker(train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg
         trials.append(
             {**{k: params[k] for k in cfg.tune}, "best_iteration": model.best_iteration_, "val_ndcg_at_10": score}
         )
+        say(f"ranker trial {len(trials)}: {trials[-1]}, {time.perf_counter() - start:.0f}s", progress)
         if best is None or score > best.val_ndcg_at_10:
             best = FitResult(model.booster_, params, int(model.best_iteration_), score)
     assert best is not None

@@ -9,6 +9,11 @@ Conventions (the usual ones, stated so the numbers can be checked by hand):
 * AUC of a group is the Mann-Whitney statistic with ties counted as one half; groups whose labels are
   all equal have no AUC (null) and are skipped by the mean;
 * MRR and nDCG of a group with no positive are null and skipped;
+* two MRRs, named apart because they differ on impressions with several clicks: ``mrr`` is *first-hit*
+  reciprocal rank, 1 / rank of the highest-ranked click (the name stays on this one: promotion configs and
+  stored ``metrics.json`` files mean it); ``mrr_mind`` is the MIND / microsoft-recommenders ``mrr_score``,
+  the mean over the clicked items of 1 / rank (``sum(y_ranked / rank) / sum(y)``), so labels ranked
+  ``[0, 1, 0, 1]`` give ``mrr`` 1/2 and ``mrr_mind`` (1/2 + 1/4) / 2 = 0.375. With one click they agree;
 * ranks order by score descending; equal scores keep the order of a tie-break column (default: row
   order), so results are deterministic.
 """
@@ -58,7 +63,7 @@ def per_group_metrics(
     ks: Sequence[int] = (5, 10),
     tie_break: str | None = None,
 ) -> pl.DataFrame:
-    """One row per group: ``n``, ``n_pos``, ``auc``, ``mrr`` and ``ndcg_at_{k}`` for each k."""
+    """One row per group: ``n``, ``n_pos``, ``auc``, ``mrr``, ``mrr_mind`` and ``ndcg_at_{k}`` for each k."""
     _check(frame, group, label, score)
     order = [group, score] + ([tie_break] if tie_break else [])
     desc = [False, True] + ([False] if tie_break else [])
@@ -78,6 +83,7 @@ def per_group_metrics(
         y.sum().cast(pl.Int64).alias("n_pos"),
         (pl.col("_asc_rank") * y).sum().alias("_pos_rank_sum"),
         pl.col("_rank").filter(pl.col(label) == 1).min().alias("_first_hit"),
+        (y / pl.col("_rank").cast(pl.Float64)).sum().alias("_rr_sum"),
     ]
     aggs += [(y * disc).filter(pl.col("_rank") <= k).sum().alias(f"_dcg{k}") for k in ks]
     per = ranked.group_by(group, maintain_order=True).agg(aggs)
@@ -88,12 +94,13 @@ def per_group_metrics(
         .then((pl.col("_pos_rank_sum") - pl.col("n_pos") * (pl.col("n_pos") + 1) / 2) / (pl.col("n_pos") * n_neg))
         .alias("auc"),
         pl.when(pl.col("n_pos") > 0).then(1.0 / pl.col("_first_hit")).alias("mrr"),
+        pl.when(pl.col("n_pos") > 0).then(pl.col("_rr_sum") / pl.col("n_pos")).alias("mrr_mind"),
         *[
             pl.when(pl.col("n_pos") > 0).then(pl.col(f"_dcg{k}") / _ideal_dcg(pl.col("n_pos"), k)).alias(f"ndcg_at_{k}")
             for k in ks
         ],
     )
-    return out.select(group, "n", "n_pos", "auc", "mrr", *[f"ndcg_at_{k}" for k in ks])
+    return out.select(group, "n", "n_pos", "auc", "mrr", "mrr_mind", *[f"ndcg_at_{k}" for k in ks])
 
 
 def _ideal_dcg(n_pos: pl.Expr, k: int) -> pl.Expr:
@@ -104,7 +111,8 @@ def _ideal_dcg(n_pos: pl.Expr, k: int) -> pl.Expr:
     return pl.min_horizontal(n_pos, pl.lit(k)).replace_strict(list(range(k + 1)), prefix, return_dtype=pl.Float64)
 
 
-METRIC_NAMES = ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
+# Per-impression metrics every evaluation averages and bootstraps (``mlflow.promotion_metric`` picks one of them).
+METRIC_NAMES = ("auc", "mrr", "mrr_mind", "ndcg_at_5", "ndcg_at_10")
 
 
 def summarize(per_group: pl.DataFrame, metrics: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
@@ -125,8 +133,8 @@ def ranking_metrics(
     ks: Sequence[int] = (5, 10),
     tie_break: str | None = None,
 ) -> dict[str, float]:
-    """Impression-mean AUC, MRR, nDCG@k and global AUC of one scored frame."""
+    """Impression-mean AUC, both MRRs, nDCG@k and global AUC of one scored frame."""
     per = per_group_metrics(frame, group, label, score, ks, tie_break)
-    out = summarize(per, ("auc", "mrr", *[f"ndcg_at_{k}" for k in ks]))
+    out = summarize(per, ("auc", "mrr", "mrr_mind", *[f"ndcg_at_{k}" for k in ks]))
     out["global_auc"] = auc(frame[label].to_numpy(), frame[score].to_numpy())
     return out

@@ -13,7 +13,7 @@ function the online path ends in; a test ties the two paths together on the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,8 +21,8 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from conf.prompt import TEMPLATE_FIELDS
 from features.behaviour import FeatureSpec, OnlineSnapshot, online_rows
-from features.schema import item_text
 from ranker.frame import RankerInputs, with_interest_rank
 from ranker.lambdarank import predict
 
@@ -33,15 +33,21 @@ class RankingRequestError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate item; ``title``/``body``/``category`` are needed only for items the model has not seen."""
+    """A candidate item; its text fields are needed only for items the model has not seen.
+
+    The fields are those a prompt template may name (:data:`conf.prompt.TEMPLATE_FIELDS`); the text model
+    renders them with its saved prompt, as it rendered its catalogue. ``category`` also feeds the features.
+    """
 
     item_id: str
     title: str | None = None
     body: str | None = None
     category: str | None = None
+    subcategory: str | None = None
 
-    def text(self, fields: Sequence[str]) -> str:
-        return item_text([getattr(self, f, None) for f in fields])
+    def fields(self) -> dict[str, str | None]:
+        """The text fields by name, as the text model's renderer reads an item."""
+        return {f: getattr(self, f) for f in TEMPLATE_FIELDS}
 
 
 def _checked_ids(candidates: Sequence[Candidate]) -> list[str]:
@@ -89,6 +95,10 @@ class RankingPipeline:
         """True when ``item_id`` can be scored only with its text (the text model has no vector for it)."""
         return self.text is not None and item_id not in self.text.index
 
+    def has_text(self, candidate: Candidate) -> bool:
+        """True when the text model could encode ``candidate`` from its fields: one its prompt reads is non-blank."""
+        return self.text is None or self.text.item_text.has_text(candidate.fields())
+
     def score_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """Booster scores of feature rows that already carry the interest score (when the ranker uses it)."""
         if self.inputs.uses_text and "interest_rank" not in frame.columns:
@@ -124,7 +134,7 @@ class RankingPipeline:
         )
         frame = online_rows(self.snapshot, user_id, ids, at or self.snapshot.as_of, self.spec, new_items)
         if self.inputs.uses_text:
-            texts = self.texts_needed(candidates)
+            texts = self.texts_needed(candidates, vectors or ())
             scores = self.text.scores(self.history(user_id), ids, texts, vectors)
             # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
             frame = frame.hstack(
@@ -132,24 +142,26 @@ class RankingPipeline:
             )
         return frame
 
-    def texts_needed(self, candidates: Sequence[Candidate]) -> dict[str, str]:
-        """``item_id -> text`` of the candidates the text model has no vector for (empty without a text model).
+    def texts_needed(self, candidates: Sequence[Candidate], encoded: Container[str] = ()) -> dict[str, str]:
+        """``item_id -> text`` of the candidates the text model has no vector for (empty without a text model),
+        apart from those already ``encoded`` elsewhere (the serving encoder's vectors).
 
-        Raises :class:`RankingRequestError` naming the first such item that carries no text.
+        The texts are rendered with the text model's saved prompt and token budget, in one batch; requests
+        whose candidates are all known render and tokenize nothing. Raises :class:`RankingRequestError`
+        naming the first unknown item that carries no text.
         """
         _checked_ids(candidates)  # a duplicate is the first thing wrong with a request, whatever else is
         if self.text is None:
             return {}
-        fields = self.text.config.text_fields
-        texts = {}
-        for c in candidates:
-            if not self.needs_text(c.item_id):
-                continue
-            text = c.text(fields)
-            if not text:
+        new = [c for c in candidates if self.needs_text(c.item_id) and c.item_id not in encoded]
+        if not new:
+            return {}
+        for c in new:
+            if not self.has_text(c):
+                fields = list(self.text.item_text.fields)
                 raise RankingRequestError(f"item {c.item_id!r} is unknown to the model and has no text ({fields})")
-            texts[c.item_id] = text
-        return texts
+        texts = self.text.render([c.fields() for c in new])
+        return dict(zip((c.item_id for c in new), texts, strict=True))
 
     def score(
         self,

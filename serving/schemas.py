@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from conf import ServingConfig
+from conf.prompt import TEMPLATE_FIELDS
 
 
 class RankedItem(BaseModel):
@@ -53,11 +54,10 @@ def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
     candidate = create_model(
         "CandidateIn",
         __config__=strict,
-        __doc__="An item with its text: needed only for items the model has not seen.",
+        __doc__="An item with its text fields: needed only for items the model has not seen, which it reads "
+        "through its prompt template (any of title, body, category, subcategory).",
         item_id=(ident, ...),
-        title=(text | None, None),
-        body=(text | None, None),
-        category=(text | None, None),
+        **{f: (text | None, None) for f in TEMPLATE_FIELDS},
     )
     request = create_model(
         "RankRequest",

@@ -21,6 +21,9 @@ TINY_SYNTHETIC = [
 # A tiny text model that trains in seconds on the tiny synthetic world.
 TEXT_OVERRIDES = [
     "textmodel.backbone=tiny-gpt2",
+    # Labels would eat the tiny byte-level budget (1 token a byte): catalogue texts stay the bare titles of the
+    # synthetic world (its bodies and subcategories are empty), while request items may carry every field.
+    'textmodel.prompt="{title}\\n{subcategory}\\n{body}"',
     "textmodel.trainable_top_layers=1",
     "textmodel.dim=16",
     "textmodel.train.batch_size=8",

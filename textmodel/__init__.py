@@ -1,10 +1,12 @@
-"""The PEFT-tuned GPT encoder: backbone loading, layer cache, towers, click training, export, scoring."""
+"""The PEFT-tuned GPT encoder: item text (prompt), backbone loading, layer cache, towers, click training, export,
+scoring."""
 
 from textmodel.artifact import LoadedTextModel, load_text_model, save_text_model
 from textmodel.backbone import Backbone, BackboneError, BackboneIdentity, load_backbone
 from textmodel.data import Catalogue, ImpressionSet, TextDataError
 from textmodel.model import build_text_model, resolve_device
 from textmodel.peft_methods import PEFT_METHODS
+from textmodel.prompt import ItemText, Prompt, PromptError, render_texts
 from textmodel.scoring import TextScorer, score_rows
 from textmodel.towers import TextModel
 from textmodel.train import ClickTrainer, TrainResult
@@ -17,7 +19,10 @@ __all__ = [
     "Catalogue",
     "ClickTrainer",
     "ImpressionSet",
+    "ItemText",
     "LoadedTextModel",
+    "Prompt",
+    "PromptError",
     "TextDataError",
     "TextModel",
     "TextScorer",
@@ -25,6 +30,7 @@ __all__ = [
     "build_text_model",
     "load_backbone",
     "load_text_model",
+    "render_texts",
     "resolve_device",
     "save_text_model",
     "score_rows",

@@ -1,6 +1,8 @@
 """A trained text model as a folder: what defines it is saved, the backbone is referenced, not copied.
 
-    textmodel.json            config of the text model, backbone identity (name + sha256), training log
+    textmodel.json            config of the text model (its prompt template and token budget included: item
+                              texts are rendered with these, not the current config's), backbone identity
+                              (name + sha256), training log
     weights.safetensors       the trained weights only: adapters and towers
     item_embeddings.parquet   item_id, vector: the catalogue's item vectors (serving encodes only others)
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from conf import TextModelConfig
@@ -74,13 +77,23 @@ def read_meta(folder: str | Path) -> dict[str, object]:
     return json.loads(path.read_text())
 
 
+def saved_config(folder: str | Path, meta: dict[str, object]) -> TextModelConfig:
+    """The text model's own config, checked: a broken saved prompt template is an :class:`ArtifactError` here,
+    not a wrong text for every item later. Saved before prompts existed: no ``prompt``, the old join."""
+    try:
+        return TextModelConfig.model_validate(meta["config"])
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise ArtifactError(f"{Path(folder) / META_FILE}: saved text-model config is invalid: {problems}") from None
+
+
 def load_text_model(folder: str | Path, cache_dir: Path, device: torch.device) -> LoadedTextModel:
     """Rebuild the model of ``folder`` on its exact backbone and load the trained weights."""
     from textmodel.model import build_text_model_only
 
     folder = Path(folder)
     meta = read_meta(folder)
-    cfg = TextModelConfig.model_validate(meta["config"])
+    cfg = saved_config(folder, meta)
     backbone = load_backbone(cfg.backbone, cache_dir)
     saved = meta["backbone"]
     if backbone.identity.sha256 != saved["sha256"]:

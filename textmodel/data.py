@@ -7,14 +7,14 @@ examples from it and :func:`batches` cuts them into :class:`Batch` objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import torch
 
-from features.schema import item_text
+from textmodel.prompt import ItemText
 
 
 class TextDataError(ValueError):
@@ -29,20 +29,21 @@ class Catalogue:
     texts: list[str]
 
     @classmethod
-    def from_items(cls, items: pl.DataFrame, fields: Sequence[str]) -> Catalogue:
-        """Texts are the non-empty ``fields`` joined with ". " (``title. body``)."""
+    def from_items(cls, items: pl.DataFrame, text: ItemText) -> Catalogue:
+        """Texts rendered by ``text`` (the text model's prompt, fitted to its token budget), in one batch."""
+        fields = list(text.fields)
         missing = [f for f in fields if f not in items.columns]
         if missing:
-            raise TextDataError(f"items: column {missing[0]!r} missing (textmodel.text_fields = {list(fields)})")
+            raise TextDataError(f"items: column {missing[0]!r} missing (the text model's prompt reads {fields})")
         items = items.sort("item_id")
-        texts = [item_text(row) for row in items.select(list(fields)).iter_rows()]
-        empty = [items["item_id"][i] for i, t in enumerate(texts) if not t]
+        rows = items.select(fields).to_dicts()
+        empty = [items["item_id"][i] for i, row in enumerate(rows) if not text.has_text(row)]
         if empty:
             raise TextDataError(
-                f"items: {len(empty)} item(s) have no text in {list(fields)}, e.g. {empty[0]!r}: "
+                f"items: {len(empty)} item(s) have no text in {fields}, e.g. {empty[0]!r}: "
                 "the text model needs item text"
             )
-        return cls(item_ids=items["item_id"].to_list(), texts=texts)
+        return cls(item_ids=items["item_id"].to_list(), texts=text.render(rows))
 
     def index_of(self, ids: pl.Series) -> np.ndarray:
         lookup = pl.DataFrame({"item_id": self.item_ids, "_idx": np.arange(len(self.item_ids))})
@@ -228,16 +229,16 @@ def load_sets(
     items: pl.DataFrame,
     features: pl.DataFrame,
     histories: pl.DataFrame,
-    fields: Sequence[str],
+    text: ItemText,
     cap: int,
     offset: str | None = None,
 ) -> tuple[Catalogue, dict[str, ImpressionSet]]:
-    """The catalogue and one :class:`ImpressionSet` per split of the feature table.
+    """The catalogue (texts rendered by ``text``) and one :class:`ImpressionSet` per split of the feature table.
 
     ``offset`` names a probability-valued behavioural feature (``item_ctr_smoothed``): its logit rides along
     with each row, so the text model can be trained on what that feature does not already explain.
     """
-    catalogue = Catalogue.from_items(items, fields)
+    catalogue = Catalogue.from_items(items, text)
     extra = []
     if offset is not None:
         if offset not in features.columns:

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from conf.progress import progress as show_progress
 from textmodel.towers import ItemTower
 
 
@@ -53,6 +53,15 @@ def length_buckets(lengths: torch.Tensor, token_budget: int) -> Iterator[torch.T
         start = end
 
 
+@dataclass
+class BucketStates:
+    """One length bucket of a batch: ``positions`` into the batch, lower-layer ``states`` (b, T, H), ``mask``."""
+
+    positions: torch.Tensor
+    states: torch.Tensor
+    mask: torch.Tensor
+
+
 class ItemEncoder:
     """Encodes catalogue items (by index) with an :class:`ItemTower`, through the lower-layer cache."""
 
@@ -83,12 +92,8 @@ class ItemEncoder:
         n, width = self.tokens.ids.shape
         chunks = []
         order = []
-        for bucket in tqdm(
-            list(length_buckets(self.tokens.lengths, self.token_budget)),
-            desc="cache lower layers",
-            disable=None if progress else True,
-            leave=False,
-        ):
+        buckets = list(length_buckets(self.tokens.lengths, self.token_budget))
+        for bucket in show_progress(buckets, "cache lower layers", len(buckets), progress):
             states, _ = self.lower_states(bucket)
             padded = torch.zeros(len(bucket), width, states.shape[-1], dtype=states.dtype, device=self.device)
             padded[:, : states.shape[1]] = states
@@ -110,11 +115,26 @@ class ItemEncoder:
         fixed these do not change, so a head-only (probe) phase trains on them at almost no cost."""
         return self._per_bucket(torch.arange(len(self.tokens)), self.tower.pooled, "pool items", progress)
 
+    def gather(self, index: torch.Tensor) -> list[BucketStates]:
+        """Lower-layer states of items ``index`` in length buckets (the input of the trainable layers).
+
+        With :meth:`encode_parts` this is :meth:`encode` in two halves, so a caller can perturb the states
+        in between (adversarial training) or take their gradient.
+        """
+        buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
+        return [BucketStates(bucket, *self.lower_states(index[bucket])) for bucket in buckets]
+
+    def encode_parts(self, parts: Sequence[BucketStates], fn=None) -> torch.Tensor:
+        """``fn(states, mask)`` (default: the item tower) over :meth:`gather`'s buckets, in input order."""
+        fn = fn or self.tower
+        out = [fn(p.states, p.mask) for p in parts]
+        return _scatter(torch.cat([p.positions for p in parts]).to(self.device), torch.cat(out))
+
     def _per_bucket(self, index: torch.Tensor, fn, desc: str, progress: bool) -> torch.Tensor:
         """``fn(lower states, mask)`` over length buckets of ``index`` under the token budget, in input order."""
         buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
         parts = []
-        for bucket in tqdm(buckets, desc=desc, disable=None if progress else True, leave=False):
+        for bucket in show_progress(buckets, desc, len(buckets), progress):
             states, mask = self.lower_states(index[bucket])
             parts.append(fn(states, mask))
         return _scatter(torch.cat(buckets).to(self.device), torch.cat(parts))

@@ -77,7 +77,7 @@ class SplitBackbone(nn.Module):
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the frozen layers: (B, T, H)."""
         if self.top_layers == 0:
-            return self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.lower_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         if self.top_layers == self.total_layers:  # nothing frozen but the token embeddings
             return self.base.get_input_embeddings()(input_ids)
         # The raw residual stream leaving the last frozen layer (a truncated model would norm its last output).
@@ -90,7 +90,23 @@ class SplitBackbone(nn.Module):
             self.lower_model(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             handle.remove()
-        return captured[-1]
+        return captured[-1].float()
+
+    def set_lower_dtype(self, dtype: torch.dtype) -> None:
+        """Run the frozen lower layers from a copy of their weights in ``dtype`` (bf16: ~3x faster on CPUs with
+        AVX512-BF16 and on GPUs); their output is cast back to float32, so the trainable top layers, the cache
+        and everything after stay float32. The base model keeps its own weights (the full-model check and the
+        top layers are untouched). Parameter-free children (rotary tables) are shared, not cast: positions
+        keep float32 precision.
+        """
+        if dtype == torch.float32 or self.top_layers == self.total_layers:
+            return  # nothing below the cut but the embedding lookup
+        original = self.lower_model
+        lower = copy.deepcopy(original).to(dtype)
+        for key, child in original._modules.items():
+            if child is not None and next(child.parameters(), None) is None:
+                lower._modules[key] = child
+        self.lower_model = lower
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The adapted top layers (+ final norm) on cached hidden states: (B, T, H)."""

@@ -4,8 +4,10 @@ The logged model carries the trained folder (adapters, towers, item-embedding ta
 references the backbone by name + content hash; the backbone weights are never copied into MLflow.
 ``model_config={"cache_dir": ...}`` at load time says where converted backbones live.
 
-Input: a frame with ``history`` (space-separated item ids, oldest first), ``item_id`` and optionally
-``text`` (needed only for items missing from the embedding table). Output: the interest score per row.
+Input: a frame with ``history`` (space-separated item ids, oldest first), ``item_id`` and, needed only for
+items missing from the embedding table, their text fields (any of ``title``, ``body``, ``category``,
+``subcategory``: rendered with the model's saved prompt, as its catalogue was) or an already rendered
+``text`` (used as given). Output: the interest score per row.
 """
 
 from __future__ import annotations
@@ -32,11 +34,27 @@ class TextModelPyfunc(mlflow.pyfunc.PythonModel):
         self.scorer = TextScorer(loaded, device)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        from conf.prompt import TEMPLATE_FIELDS
+
         out = []
         has_text = "text" in model_input.columns
+        fields = [f for f in TEMPLATE_FIELDS if f in model_input.columns]
         for history, group in model_input.groupby("history", sort=False):
             texts = dict(zip(group["item_id"], group["text"], strict=True)) if has_text else {}
             texts = {k: v for k, v in texts.items() if isinstance(v, str) and v}
+            texts.update(self._rendered(group, fields, texts))
             scores = self.scorer.scores(str(history).split(), group["item_id"].tolist(), texts)
             out.append(pd.Series(scores, index=group.index))
         return pd.concat(out).reindex(model_input.index).rename("interest_score")
+
+    def _rendered(self, group: pd.DataFrame, fields: list[str], given: dict[str, str]) -> dict[str, str]:
+        """``item_id -> text`` rendered from the fields of rows whose items have no vector and no given text."""
+        if not fields:
+            return {}
+        new = group[~group["item_id"].isin(self.scorer.index) & ~group["item_id"].isin(given)]
+        items = {
+            i: {f: v if isinstance(v, str) else None for f, v in zip(fields, row, strict=True)}
+            for i, row in zip(new["item_id"], new[fields].itertuples(index=False), strict=True)
+        }
+        items = {i: item for i, item in items.items() if self.scorer.item_text.has_text(item)}
+        return dict(zip(items, self.scorer.render(list(items.values())), strict=True))

@@ -29,7 +29,8 @@ def build_text_model_only(
     for param in backbone.model.parameters():
         param.requires_grad_(False)
     split = SplitBackbone(backbone.model, cfg.trainable_top_layers)
-    split.check_exact(len(backbone.tokenizer))
+    split.check_exact(len(backbone.tokenizer))  # the split itself, in float32
+    split.set_lower_dtype(getattr(torch, cfg.lower_dtype))
     if split.upper_model is not None:
         split.set_upper(adapt(split.upper_model, cfg.peft, backbone.identity.model_type, total_steps))
     return TextModel(split, backbone.identity.hidden_size, cfg.dim, cfg.pooling, cfg.score_scale).to(device)

@@ -16,6 +16,7 @@ import torch
 from textmodel.artifact import LoadedTextModel, table_vectors
 from textmodel.data import ImpressionSet
 from textmodel.encoder import ItemEncoder, Tokenized
+from textmodel.prompt import ItemText
 from textmodel.towers import TextModel
 
 
@@ -52,6 +53,8 @@ class TextScorer:
         self.model = loaded.model
         self.tokenizer = loaded.backbone.tokenizer
         self.config = loaded.config
+        # The saved model's prompt and token budget, not the current config's: items read as in training.
+        self.item_text = ItemText.from_config(loaded.config, self.tokenizer)
         self.device = device
         self.item_ids: list[str] = loaded.table["item_id"].to_list()
         self.index = {item: i for i, item in enumerate(self.item_ids)}
@@ -59,8 +62,15 @@ class TextScorer:
         self.history_cap = int(loaded.meta.get("history_cap", 50))
 
     @torch.no_grad()
+    def render(self, items: Sequence[Mapping[str, str | None]]) -> list[str]:
+        """Texts of items given by their fields (title, body, ...), exactly as the catalogue's were made."""
+        return self.item_text.render(items)
+
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Vectors of items given by text (the same lower + upper path as training, uncached): (n, dim)."""
+        """Vectors of items given by text (the same lower + upper path as training, uncached): (n, dim).
+
+        ``texts`` come from :meth:`render` (or the catalogue), so they already fit ``max_tokens``.
+        """
         tokens = Tokenized.from_texts(self.tokenizer, list(texts), self.config.max_tokens)
         encoder = ItemEncoder(self.model.items, tokens, self.config.train.encode_batch_tokens, self.device)
         return encoder.encode_all()

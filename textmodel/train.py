@@ -20,11 +20,13 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from conf import TrainConfig
+from conf.progress import progress as show_progress
+from conf.progress import say
+from textmodel.adversarial import adversarial_loss
 from textmodel.data import Batch, ImpressionSet, batches, cross_fit_plan, sample_examples
-from textmodel.encoder import ItemEncoder
+from textmodel.encoder import BucketStates, ItemEncoder
 from textmodel.peft_methods import step_hook
 from textmodel.scoring import score_rows, scored_frame
 from textmodel.towers import TextModel
@@ -40,6 +42,7 @@ class EpochLog:
     seconds: float
     steps: int
     phase: str = "fine-tune"
+    val_text: float | None = None  # the exported score (text part alone) when the loss adds an offset
 
 
 @dataclass
@@ -47,6 +50,8 @@ class TrainResult:
     epochs: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
     best_val_metric: float = float("nan")
+    best_phase: str = "init"  # the phase the exported state comes from: init, probe or fine-tune
+    best_by_phase: dict[str, float] = field(default_factory=dict)  # each phase's best validation metric
     steps: int = 0
     seconds_per_step: float = float("nan")
 
@@ -55,6 +60,8 @@ class TrainResult:
             "epochs": [e.__dict__ for e in self.epochs],
             "best_epoch": self.best_epoch,
             "best_val_metric": self.best_val_metric,
+            "best_phase": self.best_phase,
+            "best_by_phase": self.best_by_phase,
             "steps": self.steps,
             "seconds_per_step": self.seconds_per_step,
         }
@@ -73,12 +80,29 @@ class ClickTrainer:
         self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """The training loss of one batch; ``pooled`` (N, H) given: item vectors from the cached pooled states."""
+        """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
+        vectors come from the cached pooled states through the head (probe phase)."""
         unique, inverse = torch.unique(batch.candidates, return_inverse=True)  # each item encoded once per step
         if pooled is not None:
-            items = self.model.items.head(pooled[unique.to(pooled.device)])[inverse]  # (B, C, dim)
+            head_input = pooled[unique.to(pooled.device)]  # (U, H)
+            parts = [BucketStates(torch.arange(len(unique)), head_input, torch.ones(len(unique), 1))]
         else:
-            items = self.encoder.encode(unique)[inverse]  # (B, C, dim)
+            parts = self.encoder.gather(unique)  # lower-layer states per length bucket
+
+        def loss_of(inputs: list[BucketStates]) -> torch.Tensor:
+            fn = (lambda states, _mask: self.model.items.head(states)) if pooled is not None else None
+            return self._loss_of_items(batch, memory, self.encoder.encode_parts(inputs, fn)[inverse])
+
+        adv = self.cfg.adversarial
+        if adv.method == "none":
+            return loss_of(parts)
+        leaves = [p.states.detach().requires_grad_(True) for p in parts]
+        parts = [BucketStates(p.positions, x, p.mask) for p, x in zip(parts, leaves, strict=True)]
+        clean = loss_of(parts)
+        return clean + adversarial_loss(loss_of, parts, clean, leaves, adv.method, adv.epsilon, adv.steps)
+
+    def _loss_of_items(self, batch: Batch, memory: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax or BCE of the batch given its candidates' vectors ``items`` (B, C, dim)."""
         history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient: refreshed per epoch
         users = self.model.users(history, batch.history >= 0)  # (B, dim)
         scores = self.model.score(users, items)  # (B, C)
@@ -95,10 +119,15 @@ class ClickTrainer:
 
     def evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> float:
         """The validation metric of what the loss trains: the text score, plus the weighted offset if any."""
+        return self._evaluate(data, memory)[0]
+
+    def _evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> tuple[float, float | None]:
+        """(metric of the trained score, metric of the text part alone when an offset is added, else None)."""
         scores = score_rows(self.model, memory, data)
-        if data.row_offset is not None:
-            scores = scores + float(self.offset_weight.detach()) * data.row_offset
-        return self.val_metric(scored_frame(data, scores))
+        if data.row_offset is None:
+            return self.val_metric(scored_frame(data, scores)), None
+        mixed = scores + float(self.offset_weight.detach()) * data.row_offset
+        return self.val_metric(scored_frame(data, mixed)), self.val_metric(scored_frame(data, scores))
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""
@@ -132,10 +161,13 @@ class ClickTrainer:
         rng: np.random.Generator,
         result: TrainResult,
         progress: bool,
+        fresh_best: bool = False,
     ) -> None:
         """Run up to ``epochs`` epochs with early stopping; keeps ``result``'s best state up to date.
 
-        ``pooled`` set: a probe phase (item vectors = head(pooled), only the towers learn).
+        ``pooled`` set: a probe phase (item vectors = head(pooled), only the towers learn). ``fresh_best``: the
+        phase's best epoch replaces the earlier best even when it validates lower (fine-tuning, when configured,
+        is what gets exported: a model whose adapters are thrown away is not a fine-tuned model).
         """
         cfg = self.cfg
         groups = [g for g in groups if g["params"]]
@@ -152,18 +184,14 @@ class ClickTrainer:
         )
         params = [p for g in groups for p in g["params"]]
         stale = 0
+        phase_best = float("-inf") if fresh_best else result.best_val_metric
         for _ in range(epochs):
             epoch = len(result.epochs)
             start, losses = time.perf_counter(), []
             self.model.train()
             examples = sample_examples(train, cfg.objective, cfg.negatives, rng)
-            bar = tqdm(
-                batches(train, examples, cfg.batch_size, rng, max_steps),
-                total=steps_per_epoch,
-                desc=f"{name} epoch {epoch}",
-                disable=None if progress else True,
-                leave=False,
-            )
+            steps = batches(train, examples, cfg.batch_size, rng, max_steps)
+            bar = show_progress(steps, f"{name} epoch {epoch}", steps_per_epoch, progress)
             for batch in bar:
                 t0 = time.perf_counter()
                 with self._context():
@@ -182,12 +210,16 @@ class ClickTrainer:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             self.model.eval()
             self._memory = self._vectors(pooled, progress)
-            metric = self.evaluate(val, self._memory)
-            result.epochs.append(
-                EpochLog(epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses), name)
+            metric, text_metric = self._evaluate(val, self._memory)
+            log = EpochLog(
+                epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses), name, text_metric
             )
-            if metric > result.best_val_metric:
-                result.best_val_metric, result.best_epoch, stale = metric, epoch, 0
+            result.epochs.append(log)
+            say(f"{name} epoch {epoch}: loss {log.train_loss:.4f}, val {metric:.4f}, {log.seconds:.0f}s", progress)
+            result.best_by_phase[name] = max(result.best_by_phase.get(name, float("-inf")), metric)
+            if metric > phase_best:
+                phase_best, stale = metric, 0
+                result.best_val_metric, result.best_epoch, result.best_phase = metric, epoch, name
                 self._best_state = self._trainable_state()
             else:
                 stale += 1
@@ -204,6 +236,7 @@ class ClickTrainer:
         folds: int,
         init_towers: dict[str, torch.Tensor],
         scheme: str = "time",
+        progress: bool = False,
     ) -> np.ndarray:
         """Interest scores of ``train``'s rows from heads that never saw them (NaN where no head may score).
 
@@ -219,9 +252,11 @@ class ClickTrainer:
         final = self._trainable_state()
         pooled = self.encoder.pooled_all()
         scores = np.full(train.num_rows, np.nan, dtype=np.float64)
-        for k, (fit_on, held) in enumerate(cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)):
+        plan = cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)
+        for k, (fit_on, held) in enumerate(plan):
+            say(f"cross-fitted head {k + 1}/{len(plan)}: fit on {int(fit_on.sum())} impressions", progress)
             self._fit_head(
-                train.subset(fit_on), val, pooled, init_towers, np.random.default_rng(self.cfg.seed + 100 + k)
+                train.subset(fit_on), val, pooled, init_towers, np.random.default_rng(self.cfg.seed + 100 + k), progress
             )
             scores[held[train.row_impression]] = score_rows(self.model, self._memory, train.subset(held))
         self._restore(final)
@@ -234,6 +269,7 @@ class ClickTrainer:
         pooled: torch.Tensor,
         init_towers: dict[str, torch.Tensor],
         rng: np.random.Generator,
+        progress: bool = False,
     ) -> TrainResult:
         """Towers (and the trainer's bias and offset weight) from their initial values, probe-trained on ``train``
         over ``pooled`` and early-stopped on ``val``; the best state is left loaded."""
@@ -243,8 +279,8 @@ class ClickTrainer:
         self._best_state = self._trainable_state()
         self._memory = self._vectors(pooled, False)
         fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
-        epochs = self.cfg.probe_epochs + self.cfg.epochs
-        self._phase("head", epochs, train, val, [towers], pooled, None, rng, fitted, False)
+        epochs = self.cfg.probe_epochs  # a head fit is a probe: the fine-tuning phase's epochs are adapter steps
+        self._phase("head", epochs, train, val, [towers], pooled, None, rng, fitted, progress)
         return fitted
 
     def _vectors(self, pooled: torch.Tensor | None, progress: bool) -> torch.Tensor:
@@ -254,36 +290,59 @@ class ClickTrainer:
         return self.encoder.encode_all(progress=progress)
 
     def fit(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
-        """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together."""
+        """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together.
+
+        With a frozen backbone the second phase trains the head alone on the fine-tuning schedule (same steps,
+        rate and examples), so frozen and fine-tuned models get the same optimiser-step budget.
+        """
+        result = self.probe(train, val, progress)
+        return self.fine_tune(train, val, result, progress)
+
+    @property
+    def frozen(self) -> bool:
+        """No adapters to train: the backbone is frozen and only the head learns."""
+        return self.model.items.backbone.upper_model is None or not self.model.adapter_parameters()
+
+    def probe(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
+        """Phase 1: the head (towers) over the pooled vectors of the untouched backbone, early-stopped."""
         cfg = self.cfg
-        rng = np.random.default_rng(cfg.seed)
+        self._rng = np.random.default_rng(cfg.seed)
         towers = {"params": self._head_params(), "lr": cfg.head_lr}
-        adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
-        frozen = self.model.items.backbone.upper_model is None or not adapters["params"]
         self.model.eval()
         pooled = self.encoder.pooled_all(progress=progress)
         self._memory = self._vectors(pooled, progress)
-        result = TrainResult(best_val_metric=self.evaluate(val, self._memory))
-        result.epochs.append(EpochLog(0, float("nan"), result.best_val_metric, 0.0, 0, "init"))
+        init_metric, init_text = self._evaluate(val, self._memory)
+        result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})
+        result.epochs.append(EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text))
         self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
-        # A frozen backbone trains only the head: it gets every epoch of the budget as a probe epoch.
-        probe_epochs = cfg.probe_epochs + cfg.epochs if frozen else cfg.probe_epochs
-        self._phase("probe", probe_epochs, train, val, [towers], pooled, None, rng, result, progress)
-        if not frozen:
-            del pooled
+        self._phase("probe", cfg.probe_epochs, train, val, [towers], pooled, None, self._rng, result, progress)
+        return result
+
+    def fine_tune(
+        self, train: ImpressionSet, val: ImpressionSet, result: TrainResult, progress: bool = True
+    ) -> TrainResult:
+        """Phase 2, from the current (probed) state: adapters + towers at ``lr``, ``epochs`` x
+        ``max_steps_per_epoch`` steps; the exported state is this phase's best epoch (``fresh_best``)."""
+        cfg = self.cfg
+        rng = getattr(self, "_rng", None) or np.random.default_rng(cfg.seed)
+        if not hasattr(self, "_best_state"):
+            self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
+        # After probing, everything moves at the small fine-tuning rate: a large step on the head would undo
+        # what probing learned while the adapters are still near zero (LP-FT).
+        head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
+        towers = {"params": self._head_params() if head_lr > 0 else [], "lr": head_lr}
+        if self.frozen:
+            pooled = self.encoder.pooled_all(progress=progress)
+            self._memory = self._vectors(pooled, progress)
             self._phase(
-                "fine-tune",
-                cfg.epochs,
-                train,
-                val,
-                # After probing, everything moves at the small fine-tuning rate: a large step on the head would
-                # undo what probing learned while the adapters are still near zero (LP-FT).
-                [adapters, {**towers, "lr": cfg.lr}],
-                None,
-                cfg.max_steps_per_epoch,
-                rng,
-                result,
-                progress,
+                "head", cfg.epochs, train, val, [towers], pooled, cfg.max_steps_per_epoch, rng, result, progress
+            )
+        else:
+            adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
+            self._memory = self._vectors(None, progress)
+            steps = cfg.max_steps_per_epoch
+            self._phase(
+                "fine-tune", cfg.epochs, train, val, [adapters, towers], None, steps, rng, result, progress, True
             )
         result.seconds_per_step = self._fine_seconds / max(self._fine_steps, 1)
         return result

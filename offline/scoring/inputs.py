@@ -2,7 +2,8 @@
 
 Two layouts are accepted, per file (a folder may mix them):
 
-- long: ``request_id, user_id, item_id[, title, body, category]``, one row per candidate;
+- long: ``request_id, user_id, item_id[, title, body, category, subcategory]``, one row per candidate (the
+  text fields, any of them, are read for items the text model has not seen, through its prompt);
 - list: ``request_id, user_id, candidates: list[str]``, one row per request (no item text).
 
 Both become the long layout plus bookkeeping columns: ``_file`` (index into the file list, for error
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import polars as pl
 
+from conf.prompt import TEMPLATE_FIELDS
 from features.schema import DataValidationError
 from ranker.pipeline import Candidate, RankingPipeline
 
 ID_COLUMNS = ("request_id", "user_id", "item_id")
-TEXT_COLUMNS = ("title", "body", "category")
+TEXT_COLUMNS = TEMPLATE_FIELDS  # title, body, category, subcategory: what a prompt template may name
 CANDIDATE_COLUMNS = (*ID_COLUMNS, *TEXT_COLUMNS)
 _ID_TYPES = (pl.String, pl.Categorical, pl.Enum)
 _SKIP_HINT = "rerun with --skip-bad-rows to score the other rows"
@@ -73,7 +75,7 @@ def read_candidates(file: Path, index: int, offset: int) -> pl.DataFrame:
         raise DataValidationError(
             file,
             missing[0],
-            "missing column (expected request_id, user_id, item_id[, title, body, category] "
+            f"missing column (expected request_id, user_id, item_id[, {', '.join(TEXT_COLUMNS)}] "
             "or request_id, user_id, candidates)",
         )
     exprs = [_id_cast(file, c, schema[c]) for c in ("request_id", "user_id")]
@@ -148,15 +150,14 @@ def structural_reasons(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def unknown_without_text(frame: pl.DataFrame, pipeline: RankingPipeline) -> pl.Series:
-    """Rows the pipeline cannot score: items it has no vector for (``needs_text``) and no text to encode."""
+    """Rows the pipeline cannot score: items it has no vector for (``needs_text``) and no text (``has_text``)."""
     items = frame["item_id"].drop_nulls().unique().to_list()
     needs = {i for i in items if pipeline.needs_text(i)}
     if not needs:
         return pl.Series("unknown", [False] * frame.height)
-    fields = pipeline.text.config.text_fields
     where = frame["item_id"].is_in(sorted(needs)).arg_true()
-    rows = frame[where].select(*CANDIDATE_COLUMNS[2:]).rows()
-    textless = where.filter(pl.Series([not Candidate(*r).text(fields) for r in rows], dtype=pl.Boolean))
+    rows = frame[where].select(*CANDIDATE_COLUMNS[2:]).iter_rows(named=True)
+    textless = where.filter(pl.Series([not pipeline.has_text(Candidate(**r)) for r in rows], dtype=pl.Boolean))
     return pl.Series("unknown", [False] * frame.height).scatter(textless, True)
 
 

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from conf import Config
+from offline.scoring.inputs import TEXT_COLUMNS
 from ranker.pipeline import Candidate, RankingPipeline
 
 
@@ -25,7 +26,7 @@ def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
 
     rank 1 is the best candidate of its request; equal scores keep input order (a stable sort).
     """
-    text_cols = [c for c in ("title", "body", "category") if c in rows.columns]
+    text_cols = [c for c in TEXT_COLUMNS if c in rows.columns]
     out = []
     for req in rows.sort("_row").partition_by("request_id", maintain_order=True):
         if "_n" in req.columns and req.height != req["_n"][0]:

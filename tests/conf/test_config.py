@@ -62,13 +62,18 @@ def test_invalid_values_name_the_field(override: str, message: str) -> None:
         load_config(None, [override, "data.test_fraction=0.5"] if "val_fraction" in override else [override])
 
 
-def test_a_text_model_config_saved_before_residual_training_still_loads() -> None:
+def test_a_text_model_config_saved_before_later_fields_still_loads() -> None:
     """Artifacts keep the config they were trained with; fields added later take the behaviour of that time."""
     from conf import TextModelConfig
 
     saved = load_config(None).textmodel.model_dump(mode="json")
     del saved["train"]["offset_feature"], saved["train"]["oof_scheme"]
+    del saved["train"]["fine_tune_head_lr"], saved["train"]["adversarial"], saved["lower_dtype"], saved["prompt"]
     old = TextModelConfig.model_validate(saved)
     assert old.train.offset_feature is None and old.train.oof_scheme == "impressions"
-    current = load_config(None).textmodel.train
-    assert current.offset_feature == "item_ctr_smoothed" and current.oof_scheme == "time"
+    # Saved before #13: towers trained at lr in the second phase, float32 lower layers, no adversarial loss.
+    assert old.train.fine_tune_head_lr is None and old.lower_dtype == "float32" and old.prompt is None
+    assert old.train.adversarial.method == "none"
+    current = load_config(None).textmodel
+    assert current.train.offset_feature is None and current.train.oof_scheme == "time"
+    assert current.train.fine_tune_head_lr == 0.0 and current.lower_dtype == "bfloat16"

@@ -106,7 +106,7 @@ def list_frame(requests) -> pl.DataFrame:
 def expected_scores(reference, frame: pl.DataFrame) -> pl.DataFrame:
     """Scores and ranks from ``reference.score`` request by request (the oracle)."""
     out = []
-    text = [c for c in ("title", "body", "category") if c in frame.columns]
+    text = [c for c in ("title", "body", "category", "subcategory") if c in frame.columns]
     for req in frame.partition_by("request_id", maintain_order=True):
         cands = [Candidate(r["item_id"], **{c: r[c] for c in text}) for r in req.iter_rows(named=True)]
         scores = reference.score(req["user_id"][0], cands)
@@ -141,6 +141,7 @@ def scored(served_world: Config, reference, local_ray, tmp_path_factory):
         item_id=pl.Series([reference.text.item_ids[0], "brand-new-item", reference.text.item_ids[1]]),
         title=pl.Series([None, "A brand new item nobody has seen", None]),
         category=pl.Series([None, "c1", None]),
+        subcategory=pl.Series([None, "lab gear", None]),
     )
     long = pl.concat([long, new_item], how="diagonal")
     long.write_parquet(source / "a-long.parquet")
@@ -178,7 +179,12 @@ def test_batch_scores_equal_api_scores(scored, served_world: Config) -> None:
     assert holder.refresh()
     api = TestClient(build_app(served_world.serving, holder))
     titles = {
-        "brand-new-item": {"item_id": "brand-new-item", "title": "A brand new item nobody has seen", "category": "c1"}
+        "brand-new-item": {
+            "item_id": "brand-new-item",
+            "title": "A brand new item nobody has seen",
+            "category": "c1",
+            "subcategory": "lab gear",
+        }
     }
     for request_id in ["L-new", "L00001", "L00007", "T00003"]:
         req = got.filter(pl.col("request_id") == request_id)
@@ -208,6 +214,44 @@ def test_rows_coverage_and_manifest(scored) -> None:
     assert 0 < manifest["seconds"] <= seconds and manifest["job"]["shard_requests"] == 8
     assert not staging_dir(out).exists() and not (out / JOB_FILE).exists() and not (out / REJECTS_FILE).exists()
     assert summary.rows == got.height
+
+
+def test_long_input_carries_every_text_field_to_the_pipeline(reference, tmp_path: Path) -> None:
+    """The long layout's text columns include subcategory; unknown items are judged and scored through the
+    pipeline's own text rules (the served prompt reads title, subcategory and body, not category)."""
+    from offline.scoring.inputs import check_rows, read_input
+
+    user, known = reference.snapshot.users["user_id"][0], reference.text.item_ids[0]
+    frame = pl.DataFrame(
+        {
+            "request_id": ["r"] * 4,
+            "user_id": [user] * 4,
+            "item_id": [known, "new-a", "new-b", "new-c"],
+            "title": [None, "A new thing", None, None],
+            "category": [None, "c1", None, "c2"],
+            "subcategory": [None, "lab gear", "only a subcategory", None],
+        }
+    )
+    path = tmp_path / "in.parquet"
+    frame.write_parquet(path)
+    rows = read_input([path])
+    assert rows["subcategory"].to_list() == [None, "lab gear", "only a subcategory", None]
+    checked = check_rows(rows, [path], reference, skip_bad=True)
+    assert checked.rejects.select("item_id", "reason").rows() == [("new-c", "unknown item without text")]
+    scored = score_rows(reference, checked.rows.with_columns(_shard=pl.lit(0)))
+    want = reference.score(
+        user,
+        [
+            Candidate(known),
+            Candidate("new-a", title="A new thing", category="c1", subcategory="lab gear"),
+            Candidate("new-b", subcategory="only a subcategory"),
+        ],
+    )
+    assert scored["item_id"].to_list() == [known, "new-a", "new-b"]
+    assert scored["score"].to_list() == want.tolist()  # the same floats
+    assert reference.texts_needed([Candidate("new-b", subcategory="only a subcategory")]) == {
+        "new-b": "only a subcategory"
+    }
 
 
 def test_ranks_break_ties_by_input_order() -> None:

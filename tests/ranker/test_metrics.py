@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import polars as pl
 import pytest
 
-from ranker.metrics import MetricInputError, auc, per_group_metrics, ranking_metrics
+from conf.schema import MlflowConfig
+from ranker.metrics import METRIC_NAMES, MetricInputError, auc, per_group_metrics, ranking_metrics
 
 
 def frame(groups: list[tuple[str, list[int], list[float]]]) -> pl.DataFrame:
@@ -89,3 +91,42 @@ def test_bad_input_names_the_column() -> None:
         per_group_metrics(frame([("g", [1, 0], [float("nan"), 0.2])]))
     with pytest.raises(MetricInputError, match="column 'nope'"):
         per_group_metrics(frame([("g", [1, 0], [0.1, 0.2])]), score="nope")
+
+
+def test_first_hit_and_mind_mrr_on_two_clicks() -> None:
+    # labels ranked [0, 1, 0, 1]: first hit at rank 2 -> 1/2; MIND averages 1/rank over both clicks:
+    # (1/2 + 1/4) / 2 = 0.375. With a single click the two agree (group "one": click at rank 3).
+    f = frame([("two", [0, 1, 0, 1], [4.0, 3.0, 2.0, 1.0]), ("one", [0, 0, 1], [3.0, 2.0, 1.0])])
+    per = per_group_metrics(f).sort("impression_id")
+    one, two = per.to_dicts()
+    assert two["mrr"] == 0.5 and two["mrr_mind"] == 0.375
+    assert one["mrr"] == one["mrr_mind"] == pytest.approx(1 / 3)
+    assert ranking_metrics(f)["mrr_mind"] == pytest.approx((0.375 + 1 / 3) / 2)
+
+
+def mind_mrr_score(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """microsoft-recommenders' ``mrr_score`` (recommenders/models/deeprec/deeprec_utils.py), verbatim."""
+    order = np.argsort(y_score)[::-1]
+    y_true = np.take(y_true, order)
+    rr_score = y_true / (np.arange(len(y_true)) + 1)
+    return float(np.sum(rr_score) / np.sum(y_true))
+
+
+def test_mind_mrr_matches_the_recommenders_definition() -> None:
+    rng = np.random.default_rng(7)
+    groups = []
+    for g in range(30):
+        n = int(rng.integers(2, 12))
+        y = rng.integers(0, 2, n)
+        y[0] = 1  # every group has a click, as MIND impressions do
+        groups.append((f"g{g:02d}", list(map(int, y)), list(rng.permutation(n).astype(float))))  # no ties
+    per = per_group_metrics(frame(groups)).sort("impression_id")
+    want = [mind_mrr_score(np.array(y), np.array(s)) for _, y, s in sorted(groups)]
+    assert per["mrr_mind"].to_list() == pytest.approx(want, abs=1e-12)
+    assert (per["mrr_mind"] <= per["mrr"] + 1e-12).all()  # averaging over later clicks can only lower it
+
+
+def test_every_promotion_metric_is_a_per_impression_metric() -> None:
+    # promotion bootstraps mlflow.promotion_metric over per-impression frames: each allowed value must exist there
+    allowed = get_args(MlflowConfig.model_fields["promotion_metric"].annotation)
+    assert allowed and set(allowed) <= set(METRIC_NAMES)

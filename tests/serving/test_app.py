@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
@@ -55,6 +56,42 @@ def test_k_and_cold_start_user(client: TestClient, holder: ModelHolder) -> None:
     assert len(body["items"]) == 2 and body["cold_start_user"] is True
     full = holder.current.rank("never-seen", [Candidate(i) for i in items])
     assert [(x["item_id"], x["score"]) for x in body["items"]] == full[:2]
+
+
+def test_an_unknown_item_with_every_field_scores_as_its_catalogue_twin(
+    client: TestClient, holder: ModelHolder, served_world: Config
+) -> None:
+    """A request item carrying a catalogue item's fields (subcategory included) gets the catalogue's text,
+    rendered by the same function with the model's saved prompt, and so the catalogue's vector and score."""
+    from features import read_items
+    from textmodel.data import Catalogue
+
+    pipeline = holder.current
+    user, items = known(holder, 6)
+    source, others = items[0], items[1:]
+    catalogue_items = read_items(served_world.data.dir).collect()
+    row = catalogue_items.filter(pl.col("item_id") == source).row(0, named=True)
+    twin = {"item_id": "twin", **{f: row[f] for f in ("title", "body", "category", "subcategory")}}
+    catalogue = Catalogue.from_items(catalogue_items, pipeline.text.item_text)
+    assert pipeline.texts_needed([Candidate(**twin)]) == {"twin": catalogue.texts[catalogue.item_ids.index(source)]}
+
+    r = client.post("/rank", json={"user_id": user, "candidates": [*others, twin]})
+    assert r.status_code == 200, r.text
+    assert r.json()["encoded_items"] == 1
+    got = {x["item_id"]: x["score"] for x in r.json()["items"]}
+    table_vector = pipeline.text.vectors[pipeline.text.index[source]].cpu().numpy()  # encoded at export
+    via_catalogue = pipeline.score(user, [*map(Candidate, others), Candidate(**twin)], vectors={"twin": table_vector})
+    assert [got[i] for i in [*others, "twin"]] == pytest.approx(via_catalogue.tolist(), abs=1e-6)
+
+    # The subcategory reaches the text model: the served prompt reads it (the catalogue's are all empty).
+    lab = {**twin, "subcategory": "lab gear"}
+    # 1 token a byte and max_tokens 32: the subcategory keeps what the title leaves (the title stays whole).
+    assert len(row["title"]) <= 30
+    assert pipeline.texts_needed([Candidate(**lab)]) == {"twin": f"{row['title']}\nlab gear"[:32]}
+    r = client.post("/rank", json={"user_id": user, "candidates": [*others, lab]})
+    assert r.status_code == 200, r.text
+    interest = pipeline.request_frame(user, [Candidate(**twin), Candidate(**{**lab, "item_id": "lab"})])
+    assert interest["interest_score"][0] != pytest.approx(interest["interest_score"][1], abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -82,3 +82,25 @@ def test_too_many_trainable_layers_is_named(model_cache: Path) -> None:
     bb = load_backbone("tiny-gpt2", model_cache)
     with pytest.raises(ValueError, match="trainable_top_layers=5: the backbone has 2 layers"):
         SplitBackbone(bb.model, 5)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "llama"])
+def test_bf16_lower_layers_stay_close_and_leave_the_rest_float32(backbone: str, model_cache: Path, tmp_path) -> None:
+    """A bf16 copy of the frozen layers: float32 out, the base model untouched, outputs within bf16 rounding."""
+    import torch
+
+    name = "tiny-gpt2" if backbone == "tiny-gpt2" else str(tiny_llama(tmp_path / "llama"))
+    bb = load_backbone(name, model_cache)
+    ids = torch.tensor([[5, 9, 14, 20, 33, 41], [7, 8, 9, 10, 3, 3]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    for k in range(bb.identity.num_layers):
+        exact = SplitBackbone(bb.model, k)
+        fast = SplitBackbone(bb.model, k)
+        fast.set_lower_dtype(torch.bfloat16)
+        want, got = exact.lower(ids, mask), fast.lower(ids, mask)
+        assert got.dtype == torch.float32
+        rel = float((got - want)[mask.bool()].norm() / want[mask.bool()].norm())
+        assert rel < 0.02, (k, rel)
+        assert all(p.dtype == torch.float32 for p in bb.model.parameters())  # the base keeps float32 weights
+        if fast.upper_model is not None:
+            assert all(p.dtype == torch.float32 for p in fast.upper_model.parameters())

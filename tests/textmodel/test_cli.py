@@ -56,7 +56,8 @@ def test_bad_inputs_fail_with_one_line(prepared: list[str], tmp_path: Path, caps
     cases = {
         "missing backbone": (["textmodel.backbone=/no/such/model"], "/no/such/model: backbone folder not found"),
         "unknown method": (["textmodel.peft.method=qlora"], "textmodel.peft.method"),
-        "no text": (["textmodel.text_fields=[body]"], "have no text in ['body']"),
+        "no text": (['textmodel.prompt="Description: {body}"'], "have no text in ['body']"),
+        "bad prompt": (["textmodel.prompt='{titel}'"], "textmodel.prompt: Value error, prompt '{titel}': unknown"),
     }
     for name, (extra, message) in cases.items():
         code = main(["textmodel", "train", *prepared, *extra])

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from textmodel.backbone import load_backbone
 from textmodel.data import Batch, TextDataError, load_sets, sample_examples
 from textmodel.model import build_text_model
+from textmodel.prompt import ItemText, Prompt
 from textmodel.train import ClickTrainer
 
 CTR = [0.5, 0.8, 0.2, 0.9, 0.1, 0.6, 0.3, 0.7]
+TITLE = ItemText(Prompt.joined(["title"]), tokenizer=None, max_tokens=32)  # the bare titles: no tokenizer needed
 
 
 def _tables(ctr: list[float | None] = CTR) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -42,11 +44,11 @@ def _tables(ctr: list[float | None] = CTR) -> tuple[pl.DataFrame, pl.DataFrame, 
 
 def test_rows_carry_the_logit_of_the_offset_feature() -> None:
     items, features, hist = _tables()
-    _, sets = load_sets(items, features, hist, ["title"], 3, offset="item_ctr_smoothed")
+    _, sets = load_sets(items, features, hist, TITLE, 3, offset="item_ctr_smoothed")
     expected = [math.log(p / (1 - p)) for p in CTR[:6]]
     np.testing.assert_allclose(sets["train"].row_offset, expected, rtol=1e-6)
     assert sets["train"].subset(np.array([False, True])).row_offset.tolist() == pytest.approx(expected[3:])
-    _, plain = load_sets(items, features, hist, ["title"], 3)
+    _, plain = load_sets(items, features, hist, TITLE, 3)
     assert plain["train"].row_offset is None
 
 
@@ -61,12 +63,12 @@ def test_rows_carry_the_logit_of_the_offset_feature() -> None:
 def test_bad_offset_columns_are_named(ctr, offset: str, message: str) -> None:
     items, features, hist = _tables(ctr)
     with pytest.raises(TextDataError, match=message):
-        load_sets(items, features, hist, ["title"], 3, offset=offset)
+        load_sets(items, features, hist, TITLE, 3, offset=offset)
 
 
 def test_every_candidate_gets_its_own_row_offset() -> None:
     items, features, hist = _tables()
-    _, sets = load_sets(items, features, hist, ["title"], 3, offset="item_ctr_smoothed")
+    _, sets = load_sets(items, features, hist, TITLE, 3, offset="item_ctr_smoothed")
     data = sets["train"]
     own = {(int(m), int(i)): o for m, i, o in zip(data.row_impression, data.row_item, data.row_offset, strict=True)}
     for objective in ("softmax", "bce"):

@@ -12,6 +12,7 @@ import torch
 
 from textmodel.data import Catalogue, ImpressionSet, TextDataError, cross_fit_plan, sample_examples
 from textmodel.encoder import length_buckets
+from textmodel.prompt import ItemText, Prompt
 from textmodel.towers import UserTower, pool
 
 
@@ -46,12 +47,17 @@ def test_length_buckets_respect_the_token_budget() -> None:
 
 def test_catalogue_text_and_missing_text() -> None:
     items = pl.DataFrame({"item_id": ["b", "a"], "title": ["Second", "First"], "body": ["", "More."]})
-    cat = Catalogue.from_items(items, ["title", "body"])
+    cat = Catalogue.from_items(items, _joined("title", "body"))
     assert cat.item_ids == ["a", "b"] and cat.texts == ["First. More.", "Second"]
     with pytest.raises(TextDataError, match=re.escape("1 item(s) have no text in ['body'], e.g. 'b'")):
-        Catalogue.from_items(items, ["body"])
+        Catalogue.from_items(items, _joined("body"))
     with pytest.raises(TextDataError, match="column 'abstract' missing"):
-        Catalogue.from_items(items, ["abstract"])
+        Catalogue.from_items(items, _joined("abstract"))
+
+
+def _joined(*fields: str) -> ItemText:
+    """The join of text models saved before prompts: needs no tokenizer (the encoder cuts at the end)."""
+    return ItemText(Prompt.joined(fields), tokenizer=None, max_tokens=32)
 
 
 def _set() -> tuple[Catalogue, ImpressionSet]:
