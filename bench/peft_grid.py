@@ -129,14 +129,19 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
     probe_key = (key, t.seed, t.negatives, t.batch_size, t.probe_epochs, t.head_lr, t.offset_feature, t.objective)
     shares_probe = tm.peft.method != "prefix" or tm.trainable_top_layers == 0
     if shares_probe and probe_key in probes:
-        state, probed, rng = probes[probe_key]
+        state, probed, rng, memory = probes[probe_key]
         trainer._restore(state)
-        trainer._best_state, trainer._fine_steps, trainer._fine_seconds = trainer._trainable_state(), 0, 0.0
+        trainer._best_state, trainer._memory = trainer._trainable_state(), memory
         trainer._rng, result = copy.deepcopy(rng), copy.deepcopy(probed)
     else:
         result = trainer.probe(sets["train"], sets["val"], progress=progress)
         if shares_probe:
-            probes[probe_key] = (trainer._trainable_state(), copy.deepcopy(result), copy.deepcopy(trainer._rng))
+            probes[probe_key] = (
+                trainer._trainable_state(),
+                copy.deepcopy(result),
+                copy.deepcopy(trainer._rng),
+                trainer._memory,
+            )
     probe_frames = _scores(trainer._memory, model, sets)
     result = trainer.fine_tune(sets["train"], sets["val"], result, progress=progress)
     frames = _scores(encoder.encode_all(), model, sets)

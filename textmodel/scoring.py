@@ -61,11 +61,11 @@ class TextScorer:
         self.vectors = torch.from_numpy(table_vectors(loaded.table)).to(device)  # (N, dim)
         self.history_cap = int(loaded.meta.get("history_cap", 50))
 
-    @torch.no_grad()
     def render(self, items: Sequence[Mapping[str, str | None]]) -> list[str]:
         """Texts of items given by their fields (title, body, ...), exactly as the catalogue's were made."""
         return self.item_text.render(items)
 
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Vectors of items given by text (the same lower + upper path as training, uncached): (n, dim).
 

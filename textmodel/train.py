@@ -78,6 +78,12 @@ class ClickTrainer:
         # Weight of the behavioural logit added in the loss (batches with offsets only: see ``offset_feature``).
         self.offset_weight = nn.Parameter(torch.ones((), device=device))
         self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
+        # Training state shared by the phases: the epoch sampler, the history memory (item vectors the user
+        # tower reads), the best state so far, and the fine-tuning step counters.
+        self._rng: np.random.Generator | None = None
+        self._memory: torch.Tensor | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._fine_steps, self._fine_seconds = 0, 0.0
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
@@ -324,22 +330,22 @@ class ClickTrainer:
         """Phase 2, from the current (probed) state: adapters + towers at ``lr``, ``epochs`` x
         ``max_steps_per_epoch`` steps; the exported state is this phase's best epoch (``fresh_best``)."""
         cfg = self.cfg
-        rng = getattr(self, "_rng", None) or np.random.default_rng(cfg.seed)
-        if not hasattr(self, "_best_state"):
-            self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
-        # After probing, everything moves at the small fine-tuning rate: a large step on the head would undo
-        # what probing learned while the adapters are still near zero (LP-FT).
+        rng = self._rng if self._rng is not None else np.random.default_rng(cfg.seed)
+        if self._best_state is None:
+            self._best_state = self._trainable_state()
+        # The probe annealed the towers' rate to zero; restarting them at lr undoes it (README), so by default
+        # (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
         head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
         towers = {"params": self._head_params() if head_lr > 0 else [], "lr": head_lr}
+        if self._memory is None:  # the probe leaves head(pooled), which is encode_all() while adapters are unchanged
+            self._memory = self.encoder.encode_all(progress=progress)
         if self.frozen:
-            pooled = self.encoder.pooled_all(progress=progress)
-            self._memory = self._vectors(pooled, progress)
-            self._phase(
-                "head", cfg.epochs, train, val, [towers], pooled, cfg.max_steps_per_epoch, rng, result, progress
-            )
+            if towers["params"]:
+                pooled = self.encoder.pooled_all(progress=progress)
+                steps = cfg.max_steps_per_epoch
+                self._phase("head", cfg.epochs, train, val, [towers], pooled, steps, rng, result, progress)
         else:
             adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
-            self._memory = self._vectors(None, progress)
             steps = cfg.max_steps_per_epoch
             self._phase(
                 "fine-tune", cfg.epochs, train, val, [adapters, towers], None, steps, rng, result, progress, True
