@@ -192,6 +192,13 @@ class TrainConfig(_Strict):
     adversarial: AdversarialConfig = Field(
         default_factory=AdversarialConfig, description="Adversarial training (FGM / PGD); method none = off."
     )
+    memory_refresh_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="Fine-tuning re-encodes the history memory (the item vectors the user tower reads) every this "
+        "many steps, besides each epoch's end; null = at epoch ends only. The adapters move every item's vector, "
+        "so a stale memory trains the candidates against user vectors the next refresh replaces.",
+    )
     oof_scheme: Literal["time", "impressions"] = Field(
         default="impressions",
         description="time: the train impressions are cut into oof_folds consecutive time blocks and block k is "
@@ -235,12 +242,12 @@ class TextModelConfig(_Strict):
         description="Top layers that carry adapters; the layers below are frozen and their outputs cached per "
         "item. 0 = backbone frozen (towers over frozen pooled vectors).",
     )
-    lower_dtype: Literal["float32", "bfloat16"] = Field(
+    lower_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="float32",
         description="Weights dtype of the frozen lower layers (a bf16 copy; the trainable top layers stay float32). "
-        "bfloat16 builds the lower-layer cache ~3x faster on CPUs with AVX512-BF16/AMX and on GPUs, and loses "
-        "nothing of the weights of a backbone stored in bf16 (SmolLM2's cache is). Part of the model definition: "
-        "saved with it (models saved before this field ran float32).",
+        "bfloat16 builds the lower-layer cache ~1.7x faster on CPUs with native bf16 (AVX512-BF16 / AMX) and on "
+        "GPUs, but is ~75x *slower* on a CPU without it (emulated: AVX2-only AMD EPYC, measured); auto = bfloat16 "
+        "on CUDA or such a CPU, else float32. Models saved before this field ran float32.",
     )
     score_scale: float = Field(gt=0, description="Initial scale of the dot product (learned).")
     peft: PeftConfig

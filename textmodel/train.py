@@ -209,9 +209,11 @@ class ClickTrainer:
                 result.steps += 1
                 if pooled is None:
                     self._fine_steps += 1
-                    step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget
+                    step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget (reads grads)
                     self._fine_seconds += time.perf_counter() - t0
                 optimizer.zero_grad(set_to_none=True)
+                if pooled is None:
+                    self._maybe_refresh_memory()
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             self.model.eval()
@@ -288,6 +290,15 @@ class ClickTrainer:
         epochs = self.cfg.probe_epochs  # a head fit is a probe: the fine-tuning phase's epochs are adapter steps
         self._phase("head", epochs, train, val, [towers], pooled, None, rng, fitted, progress)
         return fitted
+
+    def _maybe_refresh_memory(self) -> None:
+        """Re-encode the history memory every ``memory_refresh_steps`` fine-tuning steps (eval mode: no dropout)."""
+        every = self.cfg.memory_refresh_steps
+        if every is None or self._fine_steps % every:
+            return
+        self.model.eval()
+        self._memory = self.encoder.encode_all(progress=False)
+        self.model.train()
 
     def _vectors(self, pooled: torch.Tensor | None, progress: bool) -> torch.Tensor:
         if pooled is not None:

@@ -76,4 +76,4 @@ def test_a_text_model_config_saved_before_later_fields_still_loads() -> None:
     assert old.train.adversarial.method == "none"
     current = load_config(None).textmodel
     assert current.train.offset_feature is None and current.train.oof_scheme == "time"
-    assert current.train.fine_tune_head_lr == 0.0 and current.lower_dtype == "bfloat16"
+    assert current.train.fine_tune_head_lr == 0.0 and current.lower_dtype == "auto"

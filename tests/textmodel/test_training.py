@@ -112,3 +112,32 @@ def test_scorer_matches_bulk_scores_and_encodes_unknown_items(tiny_data, tmp_pat
     assert new.shape == (1,) and np.isfinite(new).all()
     with pytest.raises(KeyError, match="'nope' is not in the embedding table and has no text"):
         scorer.scores(history, ["nope"])
+
+
+def test_memory_refresh_steps_re_encodes_the_history_memory_mid_epoch(tiny_data) -> None:
+    """memory_refresh_steps=2: the loss sees a fresh memory every 2 fine-tuning steps, equal to encode_all()."""
+    cfg, catalogue, sets = tiny_data
+    cfg = cfg.model_copy(deep=True)
+    t = cfg.textmodel.train
+    t.memory_refresh_steps, t.epochs, t.max_steps_per_epoch, t.probe_epochs, t.patience = 2, 1, 5, 0, 0
+    backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
+    model, encoder = build_text_model(cfg.textmodel, backbone, catalogue, torch.device("cpu"), total_steps=5)
+    encoder.build_cache(progress=False)
+    trainer = ClickTrainer(model, encoder, t, torch.device("cpu"), auc_of)
+    seen: list[torch.Tensor] = []
+    loss = trainer.loss
+
+    def recording(batch, memory, pooled=None):
+        seen.append(memory)
+        if pooled is None and len(seen) % 2 == 1:  # just refreshed: what the current adapters encode
+            training = model.training
+            model.eval()
+            torch.testing.assert_close(memory, encoder.encode_all(), atol=1e-6, rtol=0)
+            model.train(training)
+        return loss(batch, memory, pooled)
+
+    trainer.loss = recording
+    trainer.fit(sets["train"], sets["val"], progress=False)
+    assert len(seen) == 5
+    same = [seen[i] is seen[i + 1] for i in range(4)]
+    assert same == [True, False, True, False]  # steps 1-2 share one memory, 3-4 the next, 5 a third
