@@ -10,7 +10,7 @@ from features.behaviour import (
     online_rows,
 )
 from features.build import build_features, read_features, read_snapshot
-from features.prepare import PrepareSummary, prepare_dataset, read_manifest
+from features.prepare import PrepareSummary, prepare_dataset, read_manifest, serving_unknown_columns
 from features.schema import (
     IMPRESSIONS_SCHEMA,
     ITEMS_SCHEMA,
@@ -41,4 +41,5 @@ __all__ = [
     "read_manifest",
     "read_snapshot",
     "read_split",
+    "serving_unknown_columns",
 ]

@@ -102,9 +102,14 @@ def _derived(spec: FeatureSpec) -> tuple[pl.Expr, ...]:
         ((pl.col("item_clicks_before") + m * global_ctr) / (pl.col("item_impressions_before") + m)).alias(
             "item_ctr_smoothed"
         ),
-        ((pl.col(TS) - pl.col("published_at")).dt.total_microseconds() / 86_400e6).alias("item_age_days"),
+        # Times a reciprocal, not a division: polars divides a column by a float literal as a multiplication by
+        # its reciprocal, except in a one-row column, where it divides (1 ulp apart). Written as the
+        # multiplication, a one-candidate request gets the same bits as the offline table and a batch.
+        ((pl.col(TS) - pl.col("published_at")).dt.total_microseconds() * (1 / 86_400e6)).alias("item_age_days"),
         pl.min_horizontal(clicks, pl.lit(spec.history_cap)).alias("user_history_len"),
-        ((pl.col(TS) - pl.col("user_last_click_ts")).dt.total_microseconds() / 3_600e6).alias("hours_since_last_click"),
+        ((pl.col(TS) - pl.col("user_last_click_ts")).dt.total_microseconds() * (1 / 3_600e6)).alias(
+            "hours_since_last_click"
+        ),
         pl.when(clicks > 0)
         .then(pl.col("user_category_clicks_before").fill_null(0) / clicks)
         .otherwise(None)
@@ -127,6 +132,12 @@ class OnlineSnapshot:
     user_categories: pl.DataFrame  # user_id, category, user_category_clicks_before
     global_impressions: int
     global_clicks: int
+    # Lineage, read back from ``online_meta.json`` (None for a snapshot built in memory): what it was built
+    # with and from, and its content id (a hash of its tables), so a ranker is never paired with a snapshot
+    # of another feature definition or another data set.
+    feature_spec: FeatureSpec | None = None
+    data_fingerprint: str | None = None
+    snapshot_id: str | None = None
     _index: SnapshotIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def index(self) -> SnapshotIndex:
@@ -312,3 +323,51 @@ def online_rows(
     # Lazy on the default engine, like the offline build (and the join this replaced): an eager
     # ``with_columns`` rounds ``x / 86_400e6`` differently for some rows (1 ulp), a lazy one does not.
     return derive(frame.lazy(), spec).select("item_id", "category", *spec.feature_columns).collect()
+
+
+def request_positions(request_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each row within its request, size of each row's request), requests given by row.
+
+    A request's rows need not be contiguous; their order in the frame is their display order.
+    """
+    codes: dict[str, int] = {}
+    code = np.fromiter((codes.setdefault(r, len(codes)) for r in request_ids), np.int64, len(request_ids))
+    if len(codes) <= 1:  # the API's case: one request
+        n = len(request_ids)
+        return np.arange(n, dtype=np.int32), np.full(n, n, dtype=np.int32)
+    sizes = np.bincount(code)
+    order = np.argsort(code, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    position = np.empty(len(code), dtype=np.int64)
+    position[order] = np.arange(len(code)) - np.repeat(starts, sizes)
+    return position.astype(np.int32), sizes[code].astype(np.int32)
+
+
+def snapshot_features(
+    snapshot: OnlineSnapshot,
+    requests: pl.DataFrame,
+    ts: datetime,
+    spec: FeatureSpec,
+    new_items: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Feature rows of many requests at once from the snapshot: :func:`online_rows` over a whole frame.
+
+    ``requests`` has ``request_id, user_id, item_id`` (one row per candidate, display order within each
+    request). Returns ``item_id``, ``category`` and the feature columns, row for row. One state gather and
+    one :func:`derive` over the frame, whatever the number of requests; a test holds it equal to
+    :func:`online_rows` request by request.
+    """
+    missing = [c for c in ("request_id", "user_id", "item_id") if c not in requests.columns]
+    if missing:
+        raise ValueError(f"requests: column {missing[0]!r} missing (needs request_id, user_id, item_id)")
+    n = requests.height
+    position, size = request_positions(requests["request_id"].to_list())
+    state = snapshot.index().state_rows(requests["user_id"].to_list(), requests["item_id"].to_list(), new_items)
+    request = [
+        pl.Series("position", position),
+        pl.Series(TS, np.full(n, _utc_micros(ts), dtype=np.int64)).cast(pl.Datetime("us", "UTC")),
+        pl.Series("impression_size", size),
+        pl.Series("global_impressions_before", np.full(n, snapshot.global_impressions, dtype=np.int64)),
+        pl.Series("global_clicks_before", np.full(n, snapshot.global_clicks, dtype=np.int64)),
+    ]
+    return derive(state.hstack(request).lazy(), spec).select("item_id", "category", *spec.feature_columns).collect()

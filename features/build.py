@@ -8,6 +8,7 @@ and the data fingerprint it was built from). Every file goes through a temporary
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import asdict
 from datetime import datetime
@@ -27,6 +28,7 @@ ONLINE_USER_FILE = "online_user.parquet"
 ONLINE_ITEM_FILE = "online_item.parquet"
 ONLINE_USER_CATEGORY_FILE = "online_user_category.parquet"
 ONLINE_META_FILE = "online_meta.json"
+ONLINE_FILES = (ONLINE_META_FILE, ONLINE_USER_FILE, ONLINE_ITEM_FILE, ONLINE_USER_CATEGORY_FILE)
 
 
 def build_features(data_dir: str | Path, spec: FeatureSpec) -> dict[str, object]:
@@ -52,15 +54,19 @@ def build_features(data_dir: str | Path, spec: FeatureSpec) -> dict[str, object]
 
 
 def write_snapshot(snapshot: OnlineSnapshot, data_dir: Path, spec: FeatureSpec, fingerprint: object) -> None:
+    """The snapshot's tables and ``online_meta.json`` (its time, global counts, the feature spec, the data
+    fingerprint, and ``snapshot_id``: a sha256 over the meta and the tables' bytes, its content address)."""
     meta = {**snapshot.meta(), "feature_spec": asdict(spec), "data_fingerprint": fingerprint}
+    tables = (ONLINE_USER_FILE, ONLINE_ITEM_FILE, ONLINE_USER_CATEGORY_FILE)
     with contextlib.ExitStack() as stack:
-        paths = {
-            name: stack.enter_context(atomic_path(data_dir / name))
-            for name in (ONLINE_META_FILE, ONLINE_USER_FILE, ONLINE_ITEM_FILE, ONLINE_USER_CATEGORY_FILE)
-        }
+        paths = {name: stack.enter_context(atomic_path(data_dir / name)) for name in (ONLINE_META_FILE, *tables)}
         snapshot.users.write_parquet(paths[ONLINE_USER_FILE])
         snapshot.items.write_parquet(paths[ONLINE_ITEM_FILE])
         snapshot.user_categories.write_parquet(paths[ONLINE_USER_CATEGORY_FILE])
+        digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        for name in tables:
+            digest.update(paths[name].read_bytes())
+        meta["snapshot_id"] = digest.hexdigest()[:16]
         paths[ONLINE_META_FILE].write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -78,6 +84,9 @@ def read_snapshot(data_dir: str | Path) -> OnlineSnapshot:
         user_categories=pl.read_parquet(data_dir / ONLINE_USER_CATEGORY_FILE),
         global_impressions=int(meta["global_impressions_before"]),
         global_clicks=int(meta["global_clicks_before"]),
+        feature_spec=FeatureSpec.from_json(meta["feature_spec"]) if meta.get("feature_spec") else None,
+        data_fingerprint=None if meta.get("data_fingerprint") is None else str(meta["data_fingerprint"]),
+        snapshot_id=meta.get("snapshot_id"),
     )
 
 

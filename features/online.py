@@ -1,10 +1,11 @@
-"""The online snapshot indexed by key, so that one request's state rows are gathered, not queried.
+"""The online snapshot indexed by key, so that candidate rows' state is gathered, not queried.
 
-Per request, :func:`features.behaviour.online_rows` needs the snapshot state of ~100 items, one user and
-that user's clicks in each candidate's category. Filtering and joining the snapshot tables for that
+A request needs the snapshot state of ~100 items, one user and that user's clicks in each candidate's
+category; a batch, the same for millions of rows. Filtering and joining the snapshot tables for that
 (a lazy query: planning, three joins) cost ~2 ms, most of a request. The snapshot does not change
-while it is served, so its keys are indexed once (item -> row, user -> row, user -> slice of
-``(category, clicks)`` rows) and a request only gathers rows by position.
+while it is served, so its keys are indexed once (item -> row, user -> row, and the (user, category)
+rows as sorted integer keys) and a frame of rows only gathers by position
+(:meth:`SnapshotIndex.state_rows`, vectorised over rows with any mix of users).
 
 Only *state* is looked up here, with the same dtypes and the same nulls as the joins gave (unknown
 keys: zero counts, null attributes; no row for a (user, category): null). The features themselves
@@ -53,10 +54,9 @@ class SnapshotIndex:
     users: pl.DataFrame  # USER_STATE columns; last row = unknown user
     user_row: dict[str, int]
     category_code: dict[str, int]
-    user_slice: dict[str, tuple[int, int]]  # user -> [start, stop) in ``ucat_code`` / ``ucat_clicks``
-    ucat_code: np.ndarray
-    ucat_clicks: np.ndarray
     ucat_dtype: pl.DataType
+    ucat_keys: np.ndarray  # sorted ``user row * (categories + 1) + category code`` of every (user, category) row
+    ucat_sorted_clicks: np.ndarray  # their clicks (-1: a null count, read back as null)
 
     @classmethod
     def build(cls, items: pl.DataFrame, users: pl.DataFrame, user_categories: pl.DataFrame) -> SnapshotIndex:
@@ -68,13 +68,14 @@ class SnapshotIndex:
         )
         category_code = {c: i for i, c in enumerate(categories.to_list())}
         none = len(category_code)
-        # The (user, category) rows grouped by user (stable: a snapshot written sorted stays as it is).
-        ucat = user_categories.sort("user_id", maintain_order=True)
-        bounds = (
-            ucat.with_row_index("_p")
-            .group_by("user_id")
-            .agg(pl.col("_p").min().alias("lo"), (pl.col("_p").max() + 1).alias("hi"))
-        )
+        ucat = user_categories
+        ucat_code = _codes(ucat["category"], categories, none)
+        ucat_clicks = ucat[UCAT].fill_null(-1).to_numpy()  # -1: a null count (read back as null)
+        user_row = {user: row for row, user in enumerate(users["user_id"].to_list())}
+        # A (user, category) row of a user outside ``users`` (never written so) gets a negative key: unmatchable.
+        owner = np.asarray([user_row.get(u, -1) for u in ucat["user_id"].to_list()], dtype=np.int64)
+        keys = owner * (none + 1) + ucat_code
+        order = np.argsort(keys, kind="stable")
         return cls(
             sources=(items, users, user_categories),
             items=item_table,
@@ -82,12 +83,11 @@ class SnapshotIndex:
             item_code=_codes(item_table["category"], categories, none),
             item_counts={c: item_table.get_column(c).to_numpy() for c in counts},
             users=user_table,
-            user_row={user: row for row, user in enumerate(users["user_id"].to_list())},
+            user_row=user_row,
             category_code=category_code,
-            user_slice={u: (lo, hi) for u, lo, hi in bounds.iter_rows()},
-            ucat_code=_codes(ucat["category"], categories, none),
-            ucat_clicks=ucat[UCAT].fill_null(-1).to_numpy(),  # -1: a null count (read back as null)
             ucat_dtype=user_categories.schema[UCAT],
+            ucat_keys=keys[order],
+            ucat_sorted_clicks=ucat_clicks[order],
         )
 
     def indexes(self, items: pl.DataFrame, users: pl.DataFrame, user_categories: pl.DataFrame) -> bool:
@@ -96,32 +96,62 @@ class SnapshotIndex:
 
     def state(self, user_id: str, item_ids: Sequence[str], new_items: pl.DataFrame | None = None) -> pl.DataFrame:
         """State rows of one request, candidates in order: ``item_id``, ``category``, ``published_at``, the item
-        counts, :data:`USER_STATE` and ``user_category_clicks_before``.
+        counts, :data:`USER_STATE` and ``user_category_clicks_before`` (:meth:`state_rows` for one user).
 
         ``new_items`` (item_id, category, published_at) gives the attributes of candidates the snapshot does
         not know (its first row per id; a snapshot item keeps its own), with zero counts.
         """
+        return self.state_rows([user_id] * len(item_ids), item_ids, new_items)
+
+    def state_rows(
+        self, user_ids: Sequence[str], item_ids: Sequence[str], new_items: pl.DataFrame | None = None
+    ) -> pl.DataFrame:
+        """:meth:`state` for many rows at once, each with its own user: row ``r`` is the state of
+        (``user_ids[r]``, ``item_ids[r]``), the same values and dtypes :meth:`state` gives that pair.
+
+        Vectorised over the rows (one gather per column, one sorted lookup for the (user, category) clicks):
+        the cost of a frame of a million rows is a few dict lookups per row, not a query per request.
+        """
+        if len(user_ids) != len(item_ids):
+            raise ValueError(f"state_rows: {len(user_ids)} user ids for {len(item_ids)} item ids")
         cold = self.items.height - 1
-        rows = [self.item_row.get(item, cold) for item in item_ids]
+        item_at = np.fromiter((self.item_row.get(i, cold) for i in item_ids), np.int64, len(item_ids))
         table, codes = self.items, self.item_code
         if new_items is not None and new_items.height:
             fresh: dict[str, int] = {}
             for row, item in enumerate(new_items["item_id"].to_list()):
                 if item not in self.item_row and item not in fresh:
                     fresh[item] = self.items.height + row
-            if any(item in fresh for item in item_ids):
-                table, codes = self._with_new_items(new_items)
-                rows = [fresh.get(item, row) for item, row in zip(item_ids, rows, strict=True)]
-        at = np.asarray(rows, dtype=np.int64)
-        user = self.user_row.get(user_id, self.users.height - 1)
+            if fresh:
+                hit = [(r, fresh[i]) for r, i in enumerate(item_ids) if i in fresh]
+                if hit:
+                    table, codes = self._with_new_items(new_items)
+                    rows, at = zip(*hit, strict=True)
+                    item_at[list(rows)] = at
+        unknown_user = self.users.height - 1
+        user_at = np.fromiter((self.user_row.get(u, unknown_user) for u in user_ids), np.int64, len(user_ids))
+        item_columns = self._gather(item_at) if table is self.items else table[pl.Series(item_at)].get_columns()
         return pl.DataFrame(
             [
                 pl.Series("item_id", list(item_ids), dtype=pl.String),
-                *(self._gather(at) if table is self.items else table[pl.Series(at)].get_columns()),
-                *[column.new_from_index(user, len(rows)) for column in self.users.get_columns()],
-                self._category_clicks(user_id, codes[at]),
+                *item_columns,
+                *[column.gather(user_at) for column in self.users.get_columns()],
+                self._category_clicks_rows(user_at, codes[item_at]),
             ]
         )
+
+    def _category_clicks_rows(self, user_at: np.ndarray, codes: np.ndarray) -> pl.Series:
+        """Each row's user's clicks in its item's category: a sorted-key lookup; null where there is no row."""
+        none = len(self.category_code)
+        keys = user_at * (none + 1) + codes
+        pos = np.searchsorted(self.ucat_keys, keys)
+        inside = pos < len(self.ucat_keys)
+        hit = np.zeros(len(keys), dtype=bool)
+        hit[inside] = self.ucat_keys[pos[inside]] == keys[inside]
+        hit &= codes != none  # an item without a category has no affinity row
+        values = np.full(len(keys), -1, dtype=np.int64)
+        values[hit] = self.ucat_sorted_clicks[pos[hit]]
+        return pl.Series(UCAT, np.where(values < 0, np.nan, values), nan_to_null=True).cast(self.ucat_dtype)
 
     def _gather(self, at: np.ndarray) -> list[pl.Series]:
         """``self.items[at]`` column by column, the counts through numpy (a third faster for ~100 rows)."""
@@ -142,14 +172,3 @@ class SnapshotIndex:
         none = len(self.category_code)
         codes = [self.category_code.get(c, none) for c in extra["category"].to_list()]
         return pl.concat([self.items, extra]), np.concatenate([self.item_code, np.asarray(codes, np.int64)])
-
-    def _category_clicks(self, user_id: str, codes: np.ndarray) -> pl.Series:
-        """The user's clicks in each candidate's category (``codes``); null where the snapshot has no row."""
-        none = len(self.category_code)
-        clicks = np.full(none + 1, -1, dtype=np.int64)  # by category code; the last slot (no category) stays -1
-        lo, hi = self.user_slice.get(user_id, (0, 0))
-        clicks[self.ucat_code[lo:hi]] = self.ucat_clicks[lo:hi]
-        clicks[none] = -1
-        values = clicks[codes]
-        # -1 -> NaN -> null (exact: counts are far below 2**53)
-        return pl.Series(UCAT, np.where(values < 0, np.nan, values), nan_to_null=True).cast(self.ucat_dtype)

@@ -1,7 +1,8 @@
 """``recrank data prepare``: run an adapter, validate everything, write the canonical tables atomically.
 
 Outputs in ``data.dir``: ``items.parquet``, ``impressions.parquet``, ``split.json`` (the two time cut-offs)
-and ``manifest.json`` (row counts and content hashes: the data fingerprint later stages record).
+and ``manifest.json`` (row counts and content hashes: the data fingerprint later stages record; and the
+dataset's protocol facts, such as the columns not known at serving time).
 Either every file is replaced or none is: all are written to temporary paths and renamed at the end.
 """
 
@@ -32,6 +33,12 @@ from features.split import SPLIT_FILE, TimeSplit, split_from_range
 
 MANIFEST_FILE = "manifest.json"
 
+# Columns a dataset's protocol says are not known when ranking, so no model may read them (a fact about the
+# data, not about a profile or a machine). ml100k: "position" is the order the user rated in, not a display
+# slot. Other datasets declare nothing: synthetic and canonical positions are display slots (in the shared
+# canonical catalogues a seeded shuffle: known, if meaningless), MIND's are the logged impression order.
+SERVING_UNKNOWN: dict[str, tuple[str, ...]] = {"ml100k": ("position",)}
+
 
 @dataclass
 class PrepareSummary:
@@ -45,6 +52,7 @@ class PrepareSummary:
     ctr: float
     split: TimeSplit
     fingerprint: str
+    serving_unknown: tuple[str, ...] = ()  # columns not known at serving time (SERVING_UNKNOWN)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -56,6 +64,7 @@ class PrepareSummary:
             "ctr": self.ctr,
             "split": self.split.to_json(),
             "fingerprint": self.fingerprint,
+            "serving_unknown": list(self.serving_unknown),
         }
 
 
@@ -124,6 +133,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PrepareSummary:
             ctr=clicks / rows,
             split=split,
             fingerprint=fingerprint,
+            serving_unknown=SERVING_UNKNOWN.get(cfg.dataset, ()),
         )
         tmp[MANIFEST_FILE].write_text(json.dumps({**summary.to_json(), "info": tables.info}, indent=2) + "\n")
     return summary
@@ -143,3 +153,11 @@ def read_manifest(data_dir: str | Path) -> dict[str, object]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run `recrank data prepare` first)")
     return json.loads(path.read_text())
+
+
+def serving_unknown_columns(data_dir: str | Path) -> tuple[str, ...]:
+    """Columns of ``data_dir``'s data that are not known at serving time (its manifest's ``serving_unknown``).
+
+    A manifest written before the key existed declares nothing: re-run ``recrank data prepare`` to record it.
+    """
+    return tuple(read_manifest(data_dir).get("serving_unknown", ()))

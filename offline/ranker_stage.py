@@ -17,8 +17,19 @@ import lightgbm as lgb
 import polars as pl
 
 from conf import Config
-from features import FeatureSpec, read_features, read_items, read_manifest, read_snapshot, read_split
+from features import (
+    FeatureSpec,
+    read_features,
+    read_impressions,
+    read_items,
+    read_manifest,
+    read_snapshot,
+    read_split,
+    serving_unknown_columns,
+)
+from features.history import impression_histories
 from features.io import atomic_path
+from features.sources import PointInTimeFeatures
 from offline.report import REPORT_DIR, write_report
 from offline.textmodel_stage import INTEREST_FILE
 from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
@@ -54,13 +65,13 @@ def train_ranker(cfg: Config) -> RankerRun:
     """Fit the combined ranker (and the features-only one for comparison) and save it under ``DIR/ranker``."""
     spec = FeatureSpec.from_config(cfg)
     items = read_items(cfg.data.dir).collect()
-    inputs = RankerInputs.build(spec, cfg.ranker, items)
+    inputs = RankerInputs.build(spec, cfg.ranker, items, serving_unknown=serving_unknown_columns(cfg.data.dir))
     frame = load_ranking_frame(cfg, inputs)
     fit = fit_ranker(fit_rows(frame, cfg.ranker.train_split, inputs), split_rows(frame, "val"), inputs, cfg.ranker)
     run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
     if inputs.uses_text:
         plain_cfg = cfg.ranker.model_copy(update={"use_text": False})
-        plain = RankerInputs.build(spec, plain_cfg, items)
+        plain = RankerInputs.build(spec, plain_cfg, items, serving_unknown=serving_unknown_columns(cfg.data.dir))
         run.features_only = fit_ranker(
             fit_rows(frame, plain_cfg.train_split, plain), split_rows(frame, "val"), plain, plain_cfg
         )
@@ -128,26 +139,56 @@ def load_ranker_run(cfg: Config) -> RankerRun:
     )
 
 
-def local_pipeline(run: RankerRun, cfg: Config) -> RankingPipeline:
-    """The ranking pipeline over the freshly fitted booster (the text scorer is not needed offline)."""
+def point_in_time(cfg: Config, frame: pl.DataFrame, spec: FeatureSpec) -> PointInTimeFeatures:
+    """The point-in-time feature source over an already-read ranking frame (features.parquet is read once):
+    each impression's features and its user's clicks strictly before it."""
+    hist = impression_histories(read_impressions(cfg.data.dir), frame.lazy(), spec.history_cap).collect()
+    return PointInTimeFeatures(frame, hist, spec)
+
+
+def scoring_rows(part: pl.DataFrame) -> pl.DataFrame:
+    """Impression rows in the scoring bundle's long format (``request_id`` = the impression)."""
+    return part.select(pl.col("impression_id").alias("request_id"), "user_id", "item_id")
+
+
+def local_pipeline(run: RankerRun, cfg: Config, text=None) -> RankingPipeline:
+    """The scoring bundle of the freshly fitted booster: the online snapshot, and the saved text model when the
+    ranker reads the interest score (``text``: a scorer already loaded; else loaded from ``DIR/textmodel``)."""
+    if run.inputs.uses_text and text is None:
+        text = load_local_text_scorer(cfg)
     return RankingPipeline(
-        booster=run.fit.booster, inputs=run.inputs, spec=run.spec, snapshot=read_snapshot(cfg.data.dir), text=None
+        booster=run.fit.booster, inputs=run.inputs, spec=run.spec, snapshot=read_snapshot(cfg.data.dir), text=text
     )
 
 
+def load_local_text_scorer(cfg: Config):
+    """The text model ``recrank textmodel train`` saved under ``DIR/textmodel``, as a scorer (on the CPU)."""
+    import torch
+
+    from offline.textmodel_stage import TEXTMODEL_DIR
+    from textmodel.artifact import TextRuntime, load_text_model
+    from textmodel.scoring import TextScorer
+
+    folder, cpu = Path(cfg.data.dir) / TEXTMODEL_DIR, torch.device("cpu")
+    runtime = TextRuntime.from_config(cfg.textmodel)
+    return TextScorer(load_text_model(folder, Path(cfg.textmodel.cache_dir), cpu, runtime), cpu)
+
+
 def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[EvaluationResult, Path]:
-    """Compare all systems on ``split`` and write the report with the feature-importance plot."""
+    """Compare all systems on ``split`` and write the report with the feature-importance plot.
+
+    The ranker's scores come from its scoring bundle over the point-in-time rows: the same method the API
+    and batch scoring call, interest score included (recomputed from the saved text model)."""
     part = split_rows(run.frame, split)
     pipeline = local_pipeline(run, cfg)
-    scored = part.with_columns(pl.Series("score_ranker", pipeline.score_frame(part)))
+    source, rows = point_in_time(cfg, part, run.spec), scoring_rows(part)
+    scored = part.with_columns(pl.Series("score_ranker", pipeline.score_rows(rows, source, num_threads=0)))
     systems = dict(BASELINES)
     if run.inputs.uses_text:
         systems["interest_score"] = pl.col("interest_score")
     if run.features_only is not None:
-        plain_scores = RankingPipeline(
-            run.features_only.booster, run.features_only_inputs, run.spec, pipeline.snapshot, None
-        )
-        scored = scored.with_columns(pl.Series("score_features_only", plain_scores.score_frame(part)))
+        plain = RankingPipeline(run.features_only.booster, run.features_only_inputs, run.spec, pipeline.snapshot, None)
+        scored = scored.with_columns(pl.Series("score_features_only", plain.score_rows(rows, source, num_threads=0)))
         systems["lightgbm_features_only"] = pl.col("score_features_only")
     systems["ranker"] = pl.col("score_ranker")
     # new items: first shown at most new_item_days before the training cut-off, judged over the whole table

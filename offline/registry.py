@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ import polars as pl
 from conf import Config
 from features import read_manifest
 from offline.tracking import git_commit, setup
-from ranker.loading import TEXTMODEL_TAG, ModelPairError, load_ranker_version, ranker_name, textmodel_name
+from ranker.loading import TEXTMODEL_TAG, ModelPairError, ranker_name, textmodel_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"  # JSON list of champion versions, oldest first
@@ -88,17 +89,47 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
 
 
 def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: dict[str, float]) -> str:
-    """Log the booster (mlflow.lightgbm) with its inputs and feature spec as metadata; register; pin the text model."""
+    """Log the scoring bundle as a pyfunc (booster + inputs + feature spec, the online snapshot it was trained
+    against, the pinned text model), register it and pin the text model; return the new version.
+
+    The logged model alone answers ``predict`` with the scores ``/rank`` gives (:mod:`ranker.mlflow_flavor`).
+    """
+    import tempfile
+
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
 
-    from ranker.frame import model_matrix, split_rows
+    from conf.prompt import TEMPLATE_FIELDS
+    from features import read_snapshot
+    from features.build import ONLINE_FILES
+    from ranker.frame import split_rows
+    from ranker.loading import textmodel_folder
+    from ranker.mlflow_flavor import BUNDLE_KEY, SNAPSHOT_KEY, TEXTMODEL_KEY, RankerPyfunc, write_bundle_folder
 
+    client = mlflow.MlflowClient()
     sample = split_rows(run.frame, "test").head(5)
-    x = pd.DataFrame(model_matrix(sample, run.inputs), columns=list(run.inputs.features)).astype("float64")
-    signature = infer_signature(x, run.fit.booster.predict(x.to_numpy(), num_threads=1))
+    example = sample.select(pl.col("impression_id").alias("request_id"), "user_id", "item_id").to_pandas()
+    signature = ModelSignature(  # the text fields are optional: only items outside the text model's table need them
+        inputs=Schema(
+            [ColSpec("string", c) for c in ("request_id", "user_id", "item_id")]
+            + [ColSpec("string", f, required=False) for f in TEMPLATE_FIELDS]
+        ),
+        outputs=Schema([ColSpec("double", "score")]),
+    )
     fingerprint = str(read_manifest(cfg.data.dir).get("fingerprint"))
-    with mlflow.start_run(run_name="ranker") as mrun:
+    snapshot_id = read_snapshot(cfg.data.dir).snapshot_id
+    lineage = {"data_fingerprint": fingerprint, "snapshot_id": snapshot_id}
+    versions = {"textmodel": textmodel_version, "snapshot": snapshot_id}
+    with tempfile.TemporaryDirectory(prefix="recrank-bundle-") as tmp, mlflow.start_run(run_name="ranker") as mrun:
+        bundle = write_bundle_folder(Path(tmp) / "bundle", run.fit.booster, run.inputs, run.spec, versions, lineage)
+        snapshot = Path(tmp) / "snapshot"
+        snapshot.mkdir()
+        for name in ONLINE_FILES:
+            shutil.copy2(Path(cfg.data.dir) / name, snapshot / name)
+        artifacts = {BUNDLE_KEY: str(bundle), SNAPSHOT_KEY: str(snapshot)}
+        if run.inputs.uses_text:
+            artifacts[TEXTMODEL_KEY] = str(textmodel_folder(client, cfg.mlflow.model_prefix, str(textmodel_version)))
         mlflow.log_params(
             _flat(
                 "",
@@ -118,23 +149,28 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
                 TEXTMODEL_TAG: str(textmodel_version),
             }
         )
-        info = mlflow.lightgbm.log_model(
-            run.fit.booster,
+        info = mlflow.pyfunc.log_model(
             name="ranker",
+            python_model=RankerPyfunc(),
+            artifacts=artifacts,
             signature=signature,
-            input_example=x,
-            pip_requirements=[f"lightgbm=={__import__('lightgbm').__version__}"],
+            input_example=example,
+            pip_requirements=[*_requirements(), f"lightgbm=={__import__('lightgbm').__version__}"],
+            model_config={"cache_dir": str(Path(cfg.textmodel.cache_dir).resolve())},
             metadata={
                 "ranker_inputs": run.inputs.to_json(),
                 "feature_spec": run.spec.to_json(),
                 TEXTMODEL_TAG: textmodel_version,
+                "snapshot_id": snapshot_id,
+                "format": "recrank-bundle-1",
             },
         )
     tags = {"data_fingerprint": fingerprint, "git_commit": git_commit(), "run_id": mrun.info.run_id}
     if textmodel_version is not None:
         tags[TEXTMODEL_TAG] = str(textmodel_version)
-    if run.inputs.base_score:  # the logged booster alone is a correction: say what it corrects
-        tags["score"] = f"logit({run.inputs.base_score}) + booster output (recrank's loader adds the first term)"
+    if snapshot_id:
+        tags["snapshot_id"] = snapshot_id
+    tags["score"] = "pyfunc predict = the /rank score (base margin and interest score included)"
     mv = mlflow.register_model(info.model_uri, ranker_name(cfg.mlflow.model_prefix), tags=tags)
     return str(mv.version)
 
@@ -165,51 +201,30 @@ def _set_champion(client, name: str, version: str) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
 
 
-def evaluate_version(cfg: Config, client, version: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """Per-impression test metrics of one ranker version, with its own pinned text model's scores."""
-    from ranker.evaluate import per_impression_metrics
-    from ranker.frame import with_interest_rank
-    from ranker.lambdarank import predict
-
-    prefix = cfg.mlflow.model_prefix
-    ranker = load_ranker_version(client, prefix, version)
-    test = frame
-    if ranker.inputs.uses_text:
-        test = with_interest_rank(
-            test.drop("interest_score", "interest_rank", strict=False).join(
-                _interest_of(cfg, client, ranker.textmodel_version, version),
-                on=["impression_id", "item_id"],
-                how="left",
-            )
-        )
-    return per_impression_metrics(test, predict(ranker.booster, test, ranker.inputs))
-
-
-def _interest_of(cfg: Config, client, textmodel_version: str | None, ranker_version: str) -> pl.DataFrame:
-    """Interest scores of the test rows under a given text-model version (from its own embedding table)."""
+def evaluate_version(cfg: Config, client, version: str, rows: pl.DataFrame, source, truth: pl.DataFrame):
+    """Per-impression test metrics of one ranker version: its scoring bundle (the method the API and batch
+    scoring call) over the point-in-time rows, with its own pinned text model (table only: no backbone)."""
     import torch
 
-    from offline.textmodel_stage import text_inputs
-    from ranker.loading import textmodel_folder
-    from textmodel.artifact import load_text_model, table_vectors
-    from textmodel.prompt import ItemText
-    from textmodel.scoring import interest_frame
+    from ranker.evaluate import per_impression_metrics
+    from ranker.loading import load_pipeline_version
 
-    if not textmodel_version:
-        raise ModelPairError(f"ranker version {ranker_version} has no {TEXTMODEL_TAG} tag")
-    folder = textmodel_folder(client, cfg.mlflow.model_prefix, textmodel_version)
-    loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
-    catalogue, sets = text_inputs(cfg, ItemText.from_config(loaded.config, loaded.backbone.tokenizer))
-    table = loaded.table
-    if table["item_id"].to_list() != catalogue.item_ids:
-        raise ModelPairError(f"textmodel version {textmodel_version}: its embedding table is for another catalogue")
-    return interest_frame(loaded.model, torch.from_numpy(table_vectors(table)), sets["test"])
+    bundle = load_pipeline_version(
+        client,
+        cfg.mlflow.model_prefix,
+        version,
+        Path(cfg.data.dir),
+        Path(cfg.textmodel.cache_dir),
+        torch.device("cpu"),
+        table_only=True,
+    )
+    return per_impression_metrics(truth, bundle.score_rows(rows, source, num_threads=0))
 
 
 def promote(cfg: Config, force: bool = False) -> Decision:
     """Compare the newest ranker version with the champion on the same test impressions; move the alias."""
-    from features import FeatureSpec, read_items
-    from offline.ranker_stage import load_ranking_frame
+    from features import FeatureSpec, read_items, serving_unknown_columns
+    from offline.ranker_stage import load_ranking_frame, point_in_time, scoring_rows
     from ranker.compare import paired_bootstrap
     from ranker.frame import RankerInputs, split_rows
     from ranker.metrics import METRIC_NAMES, summarize
@@ -235,10 +250,14 @@ def promote(cfg: Config, force: bool = False) -> Decision:
         )
     spec = FeatureSpec.from_config(cfg)
     base_inputs = RankerInputs.build(
-        spec, cfg.ranker.model_copy(update={"use_text": False}), read_items(cfg.data.dir).collect()
+        spec,
+        cfg.ranker.model_copy(update={"use_text": False}),
+        read_items(cfg.data.dir).collect(),
+        serving_unknown=serving_unknown_columns(cfg.data.dir),
     )
-    frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")
-    per = {v: evaluate_version(cfg, client, v, frame) for v in (challenger, str(champion))}
+    frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")  # features.parquet, read once for both
+    source, rows = point_in_time(cfg, frame, spec), scoring_rows(frame)
+    per = {v: evaluate_version(cfg, client, v, rows, source, frame) for v in (challenger, str(champion))}
     points = {v: summarize(p) for v, p in per.items()}  # one pass per version; keep the metrics, not the counts
     summary = {v: {m: point[m] for m in METRIC_NAMES} for v, point in points.items()}
     _, gains = paired_bootstrap(

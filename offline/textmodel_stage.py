@@ -126,12 +126,12 @@ def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     """Re-encode the whole catalogue with a saved model (new items included) and rewrite the interest scores."""
     import torch
 
-    from textmodel.artifact import EMBEDDINGS_FILE, embedding_table, load_text_model
+    from textmodel.artifact import EMBEDDINGS_FILE, TextRuntime, embedding_table, load_text_model
     from textmodel.model import resolve_device
     from textmodel.scoring import TextScorer, interest_frame
 
     device = resolve_device(cfg.textmodel.train.device)
-    loaded = load_text_model(model_dir(cfg), cfg.textmodel.cache_dir, device)
+    loaded = load_text_model(model_dir(cfg), cfg.textmodel.cache_dir, device, TextRuntime.from_config(cfg.textmodel))
     scorer = TextScorer(loaded, device)
     catalogue, sets = text_inputs(cfg, scorer.item_text)  # the saved model's prompt, not the current config's
     t0 = time.perf_counter()

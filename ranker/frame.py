@@ -8,6 +8,7 @@ layout it needs (feature order, categorical vocabularies) is a :class:`RankerInp
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,11 +35,17 @@ class RankerInputs:
     base_score: str | None = None  # the probability column whose log-odds the booster's output is added to
 
     @classmethod
-    def build(cls, spec: FeatureSpec, cfg: RankerConfig, items: pl.DataFrame) -> RankerInputs:
+    def build(
+        cls, spec: FeatureSpec, cfg: RankerConfig, items: pl.DataFrame, *, serving_unknown: Sequence[str]
+    ) -> RankerInputs:
+        """The inputs of a ranker under ``cfg`` over ``spec``'s features, less the columns the dataset says are
+        not known at serving time (``serving_unknown``: :func:`features.serving_unknown_columns`) and, on top
+        of those, ``cfg.exclude_features``."""
         unknown = [f for f in cfg.exclude_features if f not in spec.feature_columns]
         if unknown:
             raise ValueError(f"ranker.exclude_features: {unknown[0]!r} is not a feature ({spec.feature_columns})")
-        behaviour = [f for f in spec.feature_columns if f not in cfg.exclude_features]
+        left_out = {*cfg.exclude_features, *serving_unknown}
+        behaviour = [f for f in spec.feature_columns if f not in left_out]
         cats = tuple(cfg.categorical_features)
         vocab = {c: tuple(sorted(items[c].unique().drop_nulls().to_list())) for c in cats}
         text = TEXT_FEATURES if cfg.use_text else []

@@ -113,9 +113,9 @@ def fit_ranker(
     return best
 
 
-def predict(booster: lgb.Booster, frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
+def predict(booster: lgb.Booster, frame: pl.DataFrame, inputs: RankerInputs, num_threads: int = 1) -> np.ndarray:
     """Scores of ``frame``'s rows: the base margin plus the trees (the booster alone is only the correction).
 
-    One thread: for request-sized inputs OpenMP start-up dominates.
+    One thread by default: for request-sized inputs OpenMP start-up dominates.
     """
-    return base_margin(frame, inputs) + booster.predict(model_matrix(frame, inputs), num_threads=1)
+    return base_margin(frame, inputs) + booster.predict(model_matrix(frame, inputs), num_threads=num_threads)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conf import Config
-from features.behaviour import FeatureSpec
+from features.behaviour import FeatureSpec, OnlineSnapshot
 from features.build import read_snapshot
 from ranker.frame import RankerInputs
 from ranker.pipeline import RankingPipeline
@@ -85,6 +85,7 @@ class RankerVersion:
     inputs: RankerInputs
     spec: FeatureSpec
     textmodel_version: str | None
+    data_fingerprint: str | None = None  # the data the ranker was trained on (its registry tag)
 
 
 def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
@@ -95,8 +96,10 @@ def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
     uri = f"models:/{ranker_name(prefix)}/{version}"
     try:
         mv = client.get_model_version(ranker_name(prefix), version)
-        meta = get_model_info(uri).metadata or {}
-        booster = mlflow.lightgbm.load_model(uri)
+        info = get_model_info(uri)
+        meta = info.metadata or {}
+        # A version registered before the scoring bundle is a bare mlflow.lightgbm booster: it still loads.
+        booster = mlflow.lightgbm.load_model(uri) if "lightgbm" in info.flavors else _bundle_booster(uri)
     except MlflowException as exc:  # e.g. a registry entry whose artifact folder was deleted or moved
         raise ModelPairError(f"ranker {uri} is not available: {exc.message}") from None
     if "ranker_inputs" not in meta or "feature_spec" not in meta:
@@ -107,7 +110,48 @@ def load_ranker_version(client, prefix: str, version: str) -> RankerVersion:
         inputs=RankerInputs.from_json(meta["ranker_inputs"]),
         spec=FeatureSpec.from_json(meta["feature_spec"]),
         textmodel_version=mv.tags.get(TEXTMODEL_TAG),
+        data_fingerprint=mv.tags.get("data_fingerprint"),
     )
+
+
+def _bundle_booster(uri: str):
+    """The booster of a ranker logged as a scoring-bundle pyfunc (``artifacts/bundle/booster.txt``)."""
+    import mlflow.artifacts
+
+    from ranker.mlflow_flavor import BUNDLE_KEY, read_bundle_folder
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    folder = root / "artifacts" / BUNDLE_KEY
+    if not folder.is_dir():
+        raise ModelPairError(f"{uri}: neither a LightGBM model nor a recrank scoring bundle (no artifacts/bundle)")
+    return read_bundle_folder(folder)[0]
+
+
+class SnapshotMismatchError(ModelPairError):
+    """The online snapshot was not built with the ranker's feature spec, or not from the data it was trained on."""
+
+
+def check_snapshot(
+    spec: FeatureSpec, fingerprint: str | None, snapshot: OnlineSnapshot, ranker: str, where: str | Path
+) -> None:
+    """Refuse to pair a ranker with a snapshot of another feature definition or another data set.
+
+    A ranker trained with other click windows would fail every request on a missing column; a different CTR
+    prior or history cap would silently skew every score. The snapshot's lineage is read from its
+    ``online_meta.json``; one built in memory (tests) carries none and is not checked.
+    """
+    if snapshot.feature_spec is not None and snapshot.feature_spec != spec:
+        raise SnapshotMismatchError(
+            f"{ranker} was trained with feature spec {spec.to_json()}, but the online snapshot in {where} "
+            f"was built with {snapshot.feature_spec.to_json()} (rebuild it: `recrank features build` with the "
+            "ranker's config, or serve a ranker trained on it)"
+        )
+    known = fingerprint not in (None, "None") and snapshot.data_fingerprint not in (None, "None")
+    if known and fingerprint != snapshot.data_fingerprint:
+        raise SnapshotMismatchError(
+            f"{ranker} was trained on data fingerprint {fingerprint}, but the online snapshot in {where} "
+            f"(snapshot {snapshot.snapshot_id}) was built from data fingerprint {snapshot.data_fingerprint}"
+        )
 
 
 def textmodel_folder(client, prefix: str, version: str) -> Path:
@@ -164,21 +208,31 @@ def load_pipeline_version(
     data_dir: Path,
     cache_dir: Path,
     device: torch.device,
+    table_only: bool = False,
+    runtime=None,
 ) -> RankingPipeline:
-    """The ranking pipeline of ranker ``version`` and exactly the textmodel version it pins."""
+    """The ranking pipeline of ranker ``version`` and exactly the textmodel version it pins.
+
+    ``table_only``: the text model without its backbone (catalogue items only: promotion, an ingress beside
+    an encoder deployment), a fraction of the memory and load time.
+    """
     ranker = load_ranker_version(client, prefix, version)
     text = None
     versions = {"ranker": str(version)}
     if ranker.inputs.uses_text:
         if not ranker.textmodel_version:
             raise ModelPairError(f"{ranker_name(prefix)} version {version} has no {TEXTMODEL_TAG} tag")
-        text = _text_scorer(client, prefix, ranker.textmodel_version, cache_dir, device)
+        text = _text_scorer(client, prefix, ranker.textmodel_version, cache_dir, device, table_only, runtime)
         versions["textmodel"] = ranker.textmodel_version
+    snapshot = read_snapshot(data_dir)
+    check_snapshot(ranker.spec, ranker.data_fingerprint, snapshot, f"{ranker_name(prefix)} version {version}", data_dir)
+    if snapshot.snapshot_id:
+        versions["snapshot"] = snapshot.snapshot_id
     return RankingPipeline(
         booster=ranker.booster,
         inputs=ranker.inputs,
         spec=ranker.spec,
-        snapshot=read_snapshot(data_dir),
+        snapshot=snapshot,
         text=text,
         versions=versions,
     )
@@ -191,11 +245,16 @@ def device_for(cfg: Config, name: str | None = None) -> torch.device:
     return resolve_device(name or cfg.textmodel.train.device)
 
 
-def load_configured_pipeline(cfg: Config, version: str, device: torch.device | None = None) -> RankingPipeline:
+def load_configured_pipeline(
+    cfg: Config, version: str, device: torch.device | None = None, table_only: bool = False
+) -> RankingPipeline:
     """The pipeline of ranker ``version`` with the store, data folder and model cache of ``cfg``.
 
-    The one loader behind the API, batch scoring and the tests that compare them.
+    The one loader behind the API, batch scoring and the tests that compare them. ``table_only``: no
+    backbone weights (items outside the text model's table must come with vectors encoded elsewhere).
     """
+    from textmodel.artifact import TextRuntime
+
     return load_pipeline_version(
         registry_client(cfg),
         cfg.mlflow.model_prefix,
@@ -203,19 +262,28 @@ def load_configured_pipeline(cfg: Config, version: str, device: torch.device | N
         Path(cfg.data.dir),
         Path(cfg.textmodel.cache_dir),
         device or device_for(cfg),
+        table_only,
+        TextRuntime.from_config(cfg.textmodel),  # this machine's knobs, not the ones the model was trained with
     )
 
 
 def load_text_scorer(cfg: Config, textmodel_version: str, device: torch.device):
     """Just the text model of one registered version (the encoder deployment needs no ranker or snapshot)."""
+    from textmodel.artifact import TextRuntime
+
+    client, runtime = registry_client(cfg), TextRuntime.from_config(cfg.textmodel)  # this machine's knobs
     return _text_scorer(
-        registry_client(cfg), cfg.mlflow.model_prefix, textmodel_version, Path(cfg.textmodel.cache_dir), device
+        client, cfg.mlflow.model_prefix, textmodel_version, Path(cfg.textmodel.cache_dir), device, runtime=runtime
     )
 
 
-def _text_scorer(client, prefix: str, version: str, cache_dir: Path, device: torch.device):
+def _text_scorer(
+    client, prefix: str, version: str, cache_dir: Path, device: torch.device, table_only: bool = False, runtime=None
+):
     from textmodel.artifact import load_text_model
     from textmodel.scoring import TextScorer
 
     folder = textmodel_folder(client, prefix, version)
-    return TextScorer(load_text_model(folder, cache_dir, device), device)
+    if table_only:  # the tokenizer still renders item text (for an encoder elsewhere); no backbone weights
+        return TextScorer.table_only(folder, device, cache_dir)
+    return TextScorer(load_text_model(folder, cache_dir, device, runtime), device)

@@ -1,14 +1,15 @@
-"""The ranking pipeline: ``(user_id, candidates, optional item texts)`` -> scores.
+"""The ranking pipeline, a scoring bundle: ``(user_id, candidates, optional item texts)`` -> scores.
 
-The one object behind training evaluation, the API and batch scoring:
+The one object behind training evaluation, promotion, the API and batch scoring. Its one scoring method,
+:meth:`RankingPipeline.score_rows`, takes a frame of candidate rows (many requests or one):
 
-1. behavioural features from the online snapshot (:func:`features.behaviour.online_rows`);
+1. behavioural features from a :class:`features.sources.FeatureSource`: the online snapshot (the API,
+   batch scoring) or the point-in-time feature rows (evaluation, promotion);
 2. interest scores from the text model (:class:`textmodel.scoring.TextScorer`: cached item vectors,
-   unknown items encoded from their text);
-3. :func:`ranker.frame.model_matrix` + the booster (one thread: request-sized batches).
+   unknown items encoded from their text; one user-tower pass per distinct history), and their rank;
+3. :func:`ranker.frame.model_matrix`, the base margin and one ``booster.predict``.
 
-Offline, :meth:`RankingPipeline.score_frame` runs steps 3 on point-in-time feature rows, the same
-function the online path ends in; a test ties the two paths together on the same request.
+A request is that method on a one-request frame (:meth:`RankingPipeline.score`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import polars as pl
 
 from conf.prompt import TEMPLATE_FIELDS
-from features.behaviour import FeatureSpec, OnlineSnapshot, online_rows
-from ranker.frame import RankerInputs, with_interest_rank
+from features.behaviour import FeatureSpec, OnlineSnapshot
+from features.sources import FeatureSource, SnapshotFeatures
+from ranker.frame import GROUP, RankerInputs, with_interest_rank
 from ranker.lambdarank import predict
 
 
@@ -68,6 +70,9 @@ def _checked_ids(candidates: Sequence[Candidate]) -> list[str]:
 
 @dataclass
 class RankingPipeline:
+    """The scoring bundle: the booster with its inputs, the feature spec, the online snapshot and the pinned
+    text model, and one batched scoring method, :meth:`score_rows`, behind every score recrank gives."""
+
     booster: lgb.Booster
     inputs: RankerInputs
     spec: FeatureSpec
@@ -76,16 +81,11 @@ class RankingPipeline:
     versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        users = self.snapshot.users
-        self._history: dict[str, list[str]] = (
-            dict(zip(users["user_id"].to_list(), users["history"].to_list(), strict=True))
-            if "history" in users.columns
-            else {}
-        )
+        self.online = SnapshotFeatures(self.snapshot, self.spec)
         self.snapshot.index()  # build the request-time key index now, not in the first request
 
     def history(self, user_id: str) -> list[str]:
-        return self._history.get(user_id, [])
+        return self.online.history(user_id)
 
     def knows_user(self, user_id: str) -> bool:
         """False for a user with no events before the snapshot (scored by the cold-start path)."""
@@ -99,48 +99,65 @@ class RankingPipeline:
         """True when the text model could encode ``candidate`` from its fields: one its prompt reads is non-blank."""
         return self.text is None or self.text.item_text.has_text(candidate.fields())
 
-    def score_frame(self, frame: pl.DataFrame) -> np.ndarray:
-        """Booster scores of feature rows that already carry the interest score (when the ranker uses it)."""
-        if self.inputs.uses_text and "interest_rank" not in frame.columns:
-            frame = with_interest_rank(frame)
-        return predict(self.booster, frame, self.inputs)
-
-    def request_frame(
+    def score_rows(
         self,
-        user_id: str,
-        candidates: Sequence[Candidate],
-        at: datetime | None = None,
+        rows: pl.DataFrame,
+        source: FeatureSource | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
-    ) -> pl.DataFrame:
-        """Feature rows (+ interest score) for one request, candidates in request order.
+        num_threads: int = 1,
+    ) -> np.ndarray:
+        """Scores of a frame of candidate rows, row for row: the one scoring path of the API, batch scoring,
+        evaluation and promotion.
 
-        ``vectors``: item vectors already encoded elsewhere (the serving encoder deployment) for items
-        that need text; items missing from it are encoded here.
+        ``rows``: ``request_id, user_id, item_id`` (display order within each request), and for items the
+        models have not seen, their text fields (``title, body, category, subcategory``). ``source``: where
+        the behavioural features come from (default: the online snapshot; evaluation and promotion pass the
+        point-in-time rows). ``vectors``: item vectors already encoded elsewhere (the serving encoder).
+
+        One feature gather for the frame, one user-tower pass per distinct history, one interest rank
+        over the requests, one ``booster.predict`` (``num_threads``: 1 for a request, where OpenMP start-up
+        dominates; more for a large frame).
         """
-        ids = _checked_ids(candidates)
-        known = self.snapshot.index().item_row
-        new = [c for c in candidates if c.item_id not in known]
-        new_items = (
-            pl.DataFrame(
-                {
-                    "item_id": [c.item_id for c in new],
-                    "category": [c.category for c in new],
-                    "published_at": pl.Series([None] * len(new), dtype=pl.Datetime("us", "UTC")),
-                },
-                schema={"item_id": pl.String, "category": pl.String, "published_at": pl.Datetime("us", "UTC")},
-            )
-            if new
-            else None  # the common request: every candidate known (no frame to build)
-        )
-        frame = online_rows(self.snapshot, user_id, ids, at or self.snapshot.as_of, self.spec, new_items)
+        source = source or self.online
+        frame = source.features(rows)
         if self.inputs.uses_text:
-            texts = self.texts_needed(candidates, vectors or ())
-            scores = self.text.scores(self.history(user_id), ids, texts, vectors)
+            histories, group = source.histories(rows)
+            items = rows["item_id"].to_list()
+            texts = self._texts_of(rows, vectors or {})
+            interest = self.text.scores_rows(histories, group, items, texts, vectors)
             # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
-            frame = frame.hstack(
-                [pl.Series("interest_score", scores), pl.Series("impression_id", ["request"] * len(ids), pl.String)]
+            frame = frame.hstack([pl.Series("interest_score", interest), rows["request_id"].alias(GROUP)])
+            frame = with_interest_rank(frame)
+        return predict(self.booster, frame, self.inputs, num_threads)
+
+    def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
+        """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,
+        rendered with the text model's saved prompt; the first such item without text is a
+        :class:`RankingRequestError`."""
+        index = self.text.index
+        unknown = [r for r, item in enumerate(rows["item_id"].to_list()) if item not in index and item not in encoded]
+        if not unknown:
+            return {}
+        fields = [f for f in TEMPLATE_FIELDS if f in rows.columns]
+        part = rows[unknown].unique("item_id", keep="first", maintain_order=True)
+        candidates = [
+            Candidate(r["item_id"], **{f: r[f] for f in fields})
+            for r in part.select("item_id", *fields).iter_rows(named=True)
+        ]
+        return self._render(candidates)
+
+    def _render(self, new: Sequence[Candidate]) -> dict[str, str]:
+        if new and self.text.item_text is None:
+            raise RankingRequestError(
+                f"item {new[0].item_id!r} is not in the text model's table, and this pipeline was loaded without "
+                "the backbone that could encode it (table only)"
             )
-        return frame
+        for c in new:
+            if not self.has_text(c):
+                fields = list(self.text.item_text.fields)
+                raise RankingRequestError(f"item {c.item_id!r} is unknown to the model and has no text ({fields})")
+        texts = self.text.render([c.fields() for c in new])
+        return dict(zip((c.item_id for c in new), texts, strict=True))
 
     def texts_needed(self, candidates: Sequence[Candidate], encoded: Container[str] = ()) -> dict[str, str]:
         """``item_id -> text`` of the candidates the text model has no vector for (empty without a text model),
@@ -154,14 +171,17 @@ class RankingPipeline:
         if self.text is None:
             return {}
         new = [c for c in candidates if self.needs_text(c.item_id) and c.item_id not in encoded]
-        if not new:
-            return {}
-        for c in new:
-            if not self.has_text(c):
-                fields = list(self.text.item_text.fields)
-                raise RankingRequestError(f"item {c.item_id!r} is unknown to the model and has no text ({fields})")
-        texts = self.text.render([c.fields() for c in new])
-        return dict(zip((c.item_id for c in new), texts, strict=True))
+        return self._render(new) if new else {}
+
+    def request_rows(self, user_id: str, candidates: Sequence[Candidate]) -> pl.DataFrame:
+        """One request as a frame of rows (the long format of batch scoring), candidates in request order."""
+        ids = _checked_ids(candidates)
+        n = len(ids)
+        columns = {"request_id": ["request"] * n, "user_id": [user_id] * n, "item_id": ids}
+        known = self.snapshot.index().item_row
+        if any(i not in known for i in ids) or any(self.needs_text(i) for i in ids):
+            columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
+        return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
     def score(
         self,
@@ -170,8 +190,9 @@ class RankingPipeline:
         at: datetime | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Scores of ``candidates`` for ``user_id`` (request order)."""
-        return self.score_frame(self.request_frame(user_id, candidates, at, vectors))
+        """Scores of ``candidates`` for ``user_id`` (request order): :meth:`score_rows` on a one-request frame."""
+        source = self.online if at is None else self.online.at_time(at)
+        return self.score_rows(self.request_rows(user_id, candidates), source, vectors)
 
     def rank(
         self,

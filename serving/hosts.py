@@ -14,22 +14,31 @@ from serving.models import ModelHolder
 log = logging.getLogger("recrank.serving")
 
 
-def registry_holder(cfg: Config) -> ModelHolder:
-    """A holder that serves ``<prefix>-ranker@<serving.model_alias>`` and the textmodel version it pins."""
+def registry_holder(cfg: Config, encoder_elsewhere: bool = False) -> ModelHolder:
+    """A holder that serves ``<prefix>-ranker@<serving.model_alias>`` and the textmodel version it pins.
+
+    ``encoder_elsewhere``: unseen items are encoded by another deployment (Ray Serve's ``TextEncoder``), so the
+    pipeline loads only what it uses: the embedding table, the user tower and the tokenizer that renders item
+    text, not the backbone's weights. Otherwise it encodes them itself, on ``serving.encoder.device`` (the
+    serving knob, not the training one).
+    """
+    from ranker.loading import device_for
+
     alias = cfg.serving.model_alias
+    device = device_for(cfg, "cpu" if encoder_elsewhere else cfg.serving.encoder.device)
 
     def resolve() -> str:
         return resolve_alias(registry_client(cfg), cfg.mlflow.model_prefix, alias)
 
     def load(version: str):
-        return load_configured_pipeline(cfg, version)
+        return load_configured_pipeline(cfg, version, device, table_only=encoder_elsewhere)
 
     return ModelHolder(alias, resolve, load)
 
 
-def start_holder(cfg: Config) -> ModelHolder:
+def start_holder(cfg: Config, encoder_elsewhere: bool = False) -> ModelHolder:
     """Load the served pair now (a failure is logged and reported on /readyz) and keep polling the alias."""
-    holder = registry_holder(cfg)
+    holder = registry_holder(cfg, encoder_elsewhere)
     if not holder.refresh():
         log.error("no model pair loaded yet: %s (serving 503 until one loads)", holder.state.reload_error)
     holder.start_polling(cfg.serving.reload_interval_s)

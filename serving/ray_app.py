@@ -93,7 +93,7 @@ class RankIngress:
 
         self.cfg = Config.model_validate(cfg)
         self.encoder = encoder
-        self.holder = start_holder(self.cfg)
+        self.holder = start_holder(self.cfg, encoder_elsewhere=True)  # table + user tower: no backbone here
 
     async def encode(self, version: str, texts: Sequence[str]) -> list[np.ndarray]:
         size = self.cfg.serving.encoder.max_batch_items

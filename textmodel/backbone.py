@@ -183,6 +183,30 @@ def _check_causal(model: nn.Module, folder: Path) -> None:
         )
 
 
+def load_tokenizer(name: str, cache_dir: Path):
+    """Only the tokenizer of backbone ``name`` (set up as :func:`load_backbone` sets it): what rendering item
+    text needs, without the weights (a serving ingress whose encoding is done elsewhere)."""
+    folder = resolve_backbone(name, Path(cache_dir))
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{folder}: cannot load the tokenizer: {exc}") from None
+    return _padded(tokenizer, folder)
+
+
+def _padded(tokenizer, folder: Path):
+    """Right padding with a pad token (the eos token when the tokenizer has none)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise BackboneError(f"{folder}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def load_backbone(name: str, cache_dir: Path, dtype: torch.dtype = torch.float32) -> Backbone:
     """Load the base model (no LM head) and tokenizer of ``name``, in ``dtype``, in eval mode."""
     folder = resolve_backbone(name, Path(cache_dir))
@@ -202,11 +226,7 @@ def load_backbone(name: str, cache_dir: Path, dtype: torch.dtype = torch.float32
         raise BackboneError(f"{folder}: cannot load model or tokenizer: {exc}") from None
     model.eval()
     _check_causal(model, folder)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise BackboneError(f"{folder}: tokenizer has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer = _padded(tokenizer, folder)
     meta_path = folder / _IDENTITY_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     identity = BackboneIdentity(

@@ -7,37 +7,71 @@ embedding table, or are encoded from text when an item is not in it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
-from textmodel.artifact import LoadedTextModel, table_vectors
+from textmodel.artifact import (
+    EMBEDDINGS_FILE,
+    WEIGHTS_FILE,
+    LoadedTextModel,
+    read_meta,
+    saved_config,
+    table_vectors,
+)
+from textmodel.backbone import load_tokenizer
 from textmodel.data import ImpressionSet
 from textmodel.encoder import ItemEncoder, Tokenized
 from textmodel.prompt import ItemText
-from textmodel.towers import TextModel
+from textmodel.towers import TextModel, UserTower
 
 
-@torch.no_grad()
-def user_vectors(model: TextModel, memory: torch.Tensor, history: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """User vectors for histories (M, cap) of item indices (-1 pad), from item vectors ``memory``: (M, dim)."""
-    out = []
-    for start in range(0, len(history), chunk):
-        hist = torch.from_numpy(history[start : start + chunk]).to(memory.device)
-        out.append(model.users(memory[hist.clamp(min=0)], hist >= 0))
-    return torch.cat(out) if out else torch.empty(0, memory.shape[1], device=memory.device)
+class InterestHead:
+    """The user tower and the score scale in float64, over a float64 table of item vectors: the one place the
+    interest score is computed, for validation, the bulk export, serving and batch scoring.
+
+    float64 because the score feeds tree splits: a float32 dot product is summed in an order that depends on
+    the batch (a request of one user, a batch of a million rows), and 1 ulp is enough to cross a threshold.
+    In float64 the paths agree far below any split the booster learned from float32-trained scores.
+    """
+
+    def __init__(self, model: TextModel, vectors: torch.Tensor) -> None:
+        self.users = copy.deepcopy(model.users).to(device=vectors.device, dtype=torch.float64).eval()
+        self.scale = model.log_scale.detach().to(device=vectors.device, dtype=torch.float64).exp()
+        self.vectors = vectors.detach().to(torch.float64)  # (N, dim)
+
+    @torch.no_grad()
+    def user_vectors(self, history: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """User vectors (M, dim) for histories (M, cap) of indices into the table (-1 pad)."""
+        out = []
+        for start in range(0, len(history), chunk):
+            hist = torch.from_numpy(np.ascontiguousarray(history[start : start + chunk])).to(self.vectors.device)
+            out.append(self.users(self.vectors[hist.clamp(min=0)], hist >= 0))
+        return torch.cat(out) if out else torch.empty(0, self.vectors.shape[1], dtype=torch.float64)
+
+    @torch.no_grad()
+    def scores(
+        self, history: np.ndarray, row_user: np.ndarray, row_item: np.ndarray, extra: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """Score of each row ``r``: user ``row_user[r]`` (a row of ``history``) and item ``row_item[r]`` (an index
+        into the table, then into ``extra``: vectors of items not in the table), (R,) float64."""
+        users = self.user_vectors(history)
+        table = self.vectors if extra is None or not len(extra) else torch.cat([self.vectors, extra.double()])
+        device = self.vectors.device
+        u = users[torch.from_numpy(np.asarray(row_user, dtype=np.int64)).to(device)]
+        v = table[torch.from_numpy(np.asarray(row_item, dtype=np.int64)).to(device)]
+        return (self.scale * (u * v).sum(dim=-1)).cpu().numpy()
 
 
-@torch.no_grad()
 def score_rows(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> np.ndarray:
     """Interest score of every shown row of ``data``: (R,) float64."""
-    users = user_vectors(model, memory, data.history)  # (M, dim)
-    imp = torch.from_numpy(data.row_impression).to(memory.device)
-    items = torch.from_numpy(data.row_item).to(memory.device)
-    scores = model.log_scale.exp() * (users[imp] * memory[items]).sum(dim=-1)
-    return scores.double().cpu().numpy()
+    return InterestHead(model, memory).scores(data.history, data.row_impression, data.row_item)
 
 
 def scored_frame(data: ImpressionSet, scores: np.ndarray) -> pl.DataFrame:
@@ -59,10 +93,41 @@ class TextScorer:
         self.item_ids: list[str] = loaded.table["item_id"].to_list()
         self.index = {item: i for i, item in enumerate(self.item_ids)}
         self.vectors = torch.from_numpy(table_vectors(loaded.table)).to(device)  # (N, dim)
+        self.head = InterestHead(self.model, self.vectors)
         self.history_cap = int(loaded.meta.get("history_cap", 50))
+
+    @classmethod
+    def table_only(cls, folder: str | Path, device: torch.device, cache_dir: Path | None = None) -> TextScorer:
+        """A scorer of the catalogue's items from the saved table and user tower alone: no backbone weights.
+
+        What promotion (every test item has a vector) and a serving ingress beside an encoder deployment need:
+        an item outside the table must come with its vector (``given``), else it is a clear error. With
+        ``cache_dir`` the backbone's tokenizer is loaded too (not its weights), so item text can still be
+        rendered exactly as in training, for an encoder elsewhere.
+        """
+        meta = read_meta(folder)
+        cfg = saved_config(folder, meta)
+        weights = load_file(str(Path(folder) / WEIGHTS_FILE))
+        users = UserTower(cfg.dim)
+        users.load_state_dict({k.removeprefix("users."): w for k, w in weights.items() if k.startswith("users.")})
+        holder = nn.Module()  # what InterestHead reads: .users and .log_scale
+        holder.users, holder.log_scale = users.to(device).eval(), nn.Parameter(weights["log_scale"].to(device))
+        self = cls.__new__(cls)
+        self.model, self.tokenizer, self.config, self.item_text, self.device = holder, None, cfg, None, device
+        if cache_dir is not None:
+            self.item_text = ItemText.from_config(cfg, load_tokenizer(cfg.backbone, cache_dir))
+        table = pl.read_parquet(Path(folder) / EMBEDDINGS_FILE)
+        self.item_ids = table["item_id"].to_list()
+        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.vectors = torch.from_numpy(table_vectors(table)).to(device)
+        self.head = InterestHead(holder, self.vectors)
+        self.history_cap = int(meta.get("history_cap", 50))
+        return self
 
     def render(self, items: Sequence[Mapping[str, str | None]]) -> list[str]:
         """Texts of items given by their fields (title, body, ...), exactly as the catalogue's were made."""
+        if self.item_text is None:
+            raise KeyError("this text model was loaded without its backbone (table only): it cannot read item text")
         return self.item_text.render(items)
 
     @torch.no_grad()
@@ -71,9 +136,42 @@ class TextScorer:
 
         ``texts`` come from :meth:`render` (or the catalogue), so they already fit ``max_tokens``.
         """
+        if self.tokenizer is None:
+            raise KeyError("this text model was loaded without its backbone (table only): it cannot encode text")
         tokens = Tokenized.from_texts(self.tokenizer, list(texts), self.config.max_tokens)
         encoder = ItemEncoder(self.model.items, tokens, self.config.train.encode_batch_tokens, self.device)
         return encoder.encode_all()
+
+    def item_rows(
+        self,
+        item_ids: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Each item's index into the table, then into the returned extra vectors (items not in the table: from
+        ``given``, encoded elsewhere, e.g. by the serving encoder, else encoded here once each from ``texts``;
+        KeyError if neither has it)."""
+        texts, given = texts or {}, given or {}
+        extra: dict[str, int] = {}
+        for item in item_ids:
+            if item not in self.index and item not in extra:
+                if item not in given and item not in texts:
+                    raise KeyError(f"item {item!r} is not in the embedding table and has no text")
+                extra[item] = len(self.index) + len(extra)
+        rows = np.fromiter(
+            (self.index[i] if i in self.index else extra[i] for i in item_ids), np.int64, len(item_ids)
+        )
+        if not extra:  # every vector is in the table (the common request)
+            return rows, None
+        to_encode = [i for i in extra if i not in given]
+        encoded = {}
+        if to_encode:
+            encoded = dict(zip(to_encode, self.encode_texts([texts[i] for i in to_encode]), strict=True))
+        vectors = [
+            torch.as_tensor(given[i], dtype=self.vectors.dtype, device=self.device) if i in given else encoded[i]
+            for i in extra
+        ]
+        return rows, torch.stack(vectors)
 
     def item_vectors(
         self,
@@ -81,21 +179,35 @@ class TextScorer:
         texts: Mapping[str, str] | None = None,
         given: Mapping[str, np.ndarray] | None = None,
     ) -> torch.Tensor:
-        """Vectors of ``item_ids`` from the table, else from ``given`` (encoded elsewhere, e.g. by the serving
-        encoder), else encoded here from ``texts`` (KeyError if absent)."""
-        texts = texts or {}
-        fresh = {i: torch.as_tensor(v, dtype=self.vectors.dtype, device=self.device) for i, v in (given or {}).items()}
-        unknown = [i for i in item_ids if i not in self.index and i not in fresh]
-        missing = [i for i in unknown if i not in texts]
-        if missing:
-            raise KeyError(f"item {missing[0]!r} is not in the embedding table and has no text")
-        if unknown:
-            fresh.update(zip(unknown, self.encode_texts([texts[i] for i in unknown]), strict=True))
-        if not fresh:  # every vector is in the table (the common request): one gather, not one op per item
-            return self.vectors[torch.as_tensor([self.index[i] for i in item_ids], device=self.device)]
-        return torch.stack([fresh[i] if i in fresh else self.vectors[self.index[i]] for i in item_ids])
+        """Vectors (float32) of ``item_ids``, found as :meth:`item_rows` finds them."""
+        rows, extra = self.item_rows(item_ids, texts, given)
+        table = self.vectors if extra is None else torch.cat([self.vectors, extra])
+        return table[torch.from_numpy(rows).to(self.device)]
+
+    def history_matrix(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(M, cap) table indices of each history's items in the table, newest ``cap`` kept, right-aligned
+        (newest last, -1 pad): the layout training used (:class:`~textmodel.data.ImpressionSet`)."""
+        out = np.full((len(histories), self.history_cap), -1, dtype=np.int64)
+        for row, history in enumerate(histories):
+            known = [self.index[i] for i in history if i in self.index][-self.history_cap :]
+            if known:
+                out[row, -len(known) :] = known
+        return out
 
     @torch.no_grad()
+    def scores_rows(
+        self,
+        histories: Sequence[Sequence[str]],
+        row_user: np.ndarray,
+        item_ids: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Interest scores of many rows at once: row ``r`` pairs the user of ``histories[row_user[r]]`` with
+        ``item_ids[r]``. One user-tower pass per history, one gather, one product: (R,) float64."""
+        rows, extra = self.item_rows(item_ids, texts, given)
+        return self.head.scores(self.history_matrix(histories), row_user, rows, extra)
+
     def scores(
         self,
         history: Sequence[str],
@@ -104,13 +216,7 @@ class TextScorer:
         given: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Interest scores of ``candidates`` for a user whose clicked items are ``history`` (oldest first)."""
-        known = [self.index[i] for i in history if i in self.index][-self.history_cap :]
-        hist = np.full((1, self.history_cap), -1, dtype=np.int64)
-        if known:
-            hist[0, -len(known) :] = known
-        user = user_vectors(self.model, self.vectors, hist)  # (1, dim)
-        items = self.item_vectors(candidates, texts, given)  # (C, dim)
-        return (self.model.log_scale.exp() * (items @ user[0])).double().cpu().numpy()
+        return self.scores_rows([history], np.zeros(len(candidates), dtype=np.int64), candidates, texts, given)
 
 
 def interest_frame(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> pl.DataFrame:

@@ -113,8 +113,9 @@ def score_batch(
     _check_paths(source, output)
     frame = inputs.read_input(files)
     versions = pair_versions(registry_client(cfg), cfg.mlflow.model_prefix, cfg.scoring.model_alias)
-    # Only a pipeline knows which items it has vectors for and which text it reads: ask one (on CPU).
-    pipeline = load_configured_pipeline(cfg, versions["ranker"], torch.device("cpu"))
+    # Only a pipeline knows which items it has vectors for and which text it reads: ask one (on CPU), without
+    # the backbone's weights (the table and the tokenizer answer both questions).
+    pipeline = load_configured_pipeline(cfg, versions["ranker"], torch.device("cpu"), table_only=True)
     checked = inputs.check_rows(frame, files, pipeline, skip_bad_rows)
     del pipeline, frame
     gc.collect()

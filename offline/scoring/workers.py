@@ -18,35 +18,41 @@ import pyarrow as pa
 
 from conf import Config
 from offline.scoring.inputs import TEXT_COLUMNS
-from ranker.pipeline import Candidate, RankingPipeline
+from ranker.pipeline import RankingPipeline
 
 
 def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
-    """Score and rank every request in ``rows`` (whole requests, in input order) with ``pipeline.score``.
+    """Score and rank every request in ``rows`` (whole requests, in input order) with one call of the
+    pipeline's batched method (one feature gather, one user-tower pass per user, one ``booster.predict``).
 
     rank 1 is the best candidate of its request; equal scores keep input order (a stable sort).
     """
-    text_cols = [c for c in TEXT_COLUMNS if c in rows.columns]
-    out = []
-    for req in rows.sort("_row").partition_by("request_id", maintain_order=True):
-        if "_n" in req.columns and req.height != req["_n"][0]:
-            raise RuntimeError(f"request {req['request_id'][0]!r} reached a worker split ({req.height} rows)")
-        items = req["item_id"].to_list()
-        texts = [req[c].to_list() for c in text_cols]
-        fields = [dict(zip(text_cols, t, strict=True)) for t in zip(*texts, strict=True)] if texts else None
-        candidates = [Candidate(i, **(fields[k] if fields else {})) for k, i in enumerate(items)]
-        scores = np.asarray(pipeline.score(req["user_id"][0], candidates), dtype=np.float64)
-        rank = np.empty(len(scores), dtype=np.int32)
-        rank[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1, dtype=np.int32)
-        out.append(
-            req.select("request_id", "user_id", "item_id", "_shard").with_columns(
-                pl.Series("score", scores, dtype=pl.Float64), pl.Series("rank", rank, dtype=pl.Int32)
-            )
-        )
-    return pl.concat(out).with_columns(
+    rows = rows.sort("_row")
+    if "_n" in rows.columns:
+        sizes = rows.group_by("request_id").agg(pl.len().alias("got"), pl.col("_n").first())
+        split = sizes.filter(pl.col("got") != pl.col("_n"))
+        if split.height:
+            bad = split.row(0, named=True)
+            raise RuntimeError(f"request {bad['request_id']!r} reached a worker split ({bad['got']} rows)")
+    keys = ["request_id", "user_id", "item_id", *(c for c in TEXT_COLUMNS if c in rows.columns)]
+    scores = np.asarray(pipeline.score_rows(rows.select(keys)), dtype=np.float64)
+    return rows.select("request_id", "user_id", "item_id", "_shard").with_columns(
+        pl.Series("score", scores, dtype=pl.Float64),
+        pl.Series("rank", ranks_within(rows["request_id"], scores), dtype=pl.Int32),
         pl.lit(pipeline.versions.get("ranker"), dtype=pl.String).alias("ranker_version"),
         pl.lit(pipeline.versions.get("textmodel"), dtype=pl.String).alias("textmodel_version"),
     )
+
+
+def ranks_within(requests: pl.Series, scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's score within its request, best first; ties keep row order."""
+    code = requests.cast(pl.String).rank("dense").to_numpy().astype(np.int64)
+    order = np.lexsort((np.arange(len(scores)), -scores, code))  # by request, then score down, then row
+    sizes = np.bincount(code)[1:]
+    starts = np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+    rank = np.empty(len(scores), dtype=np.int32)
+    rank[order] = np.arange(len(scores)) - starts + 1
+    return rank
 
 
 def pack_shard(shard: int, rows: pl.DataFrame) -> dict:

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from features.behaviour import TS, FeatureSpec, OnlineSnapshot, build_snapshot, derive, online_rows
+from features.behaviour import (
+    TS,
+    FeatureSpec,
+    OnlineSnapshot,
+    build_snapshot,
+    derive,
+    online_rows,
+    request_positions,
+    snapshot_features,
+)
 
 SPEC = FeatureSpec(click_windows_days=(1, 7), ctr_prior_strength=20.0, history_cap=5)
 NEW = pl.DataFrame(
@@ -106,3 +115,35 @@ def test_the_index_follows_a_replaced_table(snapshot) -> None:
     copy.users = copy.users.with_columns(pl.col("user_clicks_before") + 1)
     after = online_rows(copy, "u0", ["i1"], copy.as_of, SPEC)["user_clicks_before"].item()
     assert after == before + 1
+
+
+@pytest.mark.parametrize("interleave", [False, True], ids=["contiguous", "interleaved"])
+def test_snapshot_features_of_many_requests_equal_online_rows_request_by_request(snapshot, interleave) -> None:
+    """The batched gather (one frame, every case at once) gives each request exactly its own online_rows."""
+    rows = [
+        (case, user, item)
+        for case, (user, items, _hours, _new) in CASES.items()
+        for item in items
+    ]
+    if interleave:  # requests need not be contiguous: row order within a request is its display order
+        rows = rows[::2] + rows[1::2]
+    requests = pl.DataFrame(rows, schema=["request_id", "user_id", "item_id"], orient="row")
+    got = snapshot_features(snapshot, requests, snapshot.as_of, SPEC, NEW)
+    for case, (user, _items, _hours, _new) in CASES.items():
+        mine = requests.with_row_index("_r").filter(pl.col("request_id") == case)
+        want = online_rows(snapshot, user, mine["item_id"].to_list(), snapshot.as_of, SPEC, NEW)
+        part = got[mine["_r"].to_list()]
+        assert part.schema == want.schema
+        assert part.equals(want), (case, part, want)
+
+
+def test_request_positions_count_within_each_request() -> None:
+    position, size = request_positions(["a", "b", "a", "a", "c", "b"])
+    assert position.tolist() == [0, 0, 1, 2, 0, 1]
+    assert size.tolist() == [3, 2, 3, 3, 1, 2]
+    assert request_positions(["x", "x"])[0].tolist() == [0, 1]
+
+
+def test_snapshot_features_name_a_missing_column(snapshot) -> None:
+    with pytest.raises(ValueError, match="column 'request_id' missing"):
+        snapshot_features(snapshot, pl.DataFrame({"user_id": ["u0"], "item_id": ["i1"]}), snapshot.as_of, SPEC)

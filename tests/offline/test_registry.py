@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,6 +22,8 @@ from ranker.frame import model_matrix, split_rows
 from ranker.lambdarank import fit_ranker
 from ranker.loading import ModelPairError, load_pipeline, load_ranker_version, ranker_name
 from ranker.pipeline import Candidate
+
+SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +58,7 @@ def test_pipeline_registers_the_pair_and_promotes_the_first_version(world) -> No
     mv = client.get_model_version(name, "1")
     assert mv.tags["textmodel_version"] == "1"
     assert mv.tags["data_fingerprint"] and mv.tags["git_commit"]
-    assert mv.tags["score"].startswith("logit(item_ctr_smoothed) + booster output")
+    assert mv.tags["score"].startswith("pyfunc predict = the /rank score") and mv.tags["snapshot_id"]
     assert client.get_model_version(f"{cfg.mlflow.model_prefix}-textmodel", "1").tags["data_fingerprint"]
     report = Path(cfg.data.dir) / "report"
     assert (report / "feature_importance.png").is_file() and (report / "metric_by_model.png").is_file()
@@ -71,11 +74,14 @@ def test_registry_round_trip_gives_identical_scores(world) -> None:
     served = load_pipeline(
         client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
     )
-    assert served.versions == {"ranker": "1", "textmodel": "1"}
+    assert served.versions == {"ranker": "1", "textmodel": "1", "snapshot": SNAPSHOT_ID}
     assert local.inputs.base_score == "item_ctr_smoothed"  # the default: boosted from item CTR's log-odds
     ctr = test["item_ctr_smoothed"].to_numpy()
     direct = np.log(ctr) - np.log1p(-ctr) + local.fit.booster.predict(model_matrix(test, local.inputs))
-    np.testing.assert_array_equal(served.score_frame(test), direct)  # registry pipeline == margin + booster
+    # The registry's bundle over the point-in-time rows (interest recomputed from its text model) == margin +
+    # booster over the training frame (interest from interest.parquet): evaluation and training agree bit for bit.
+    source = ranker_stage.point_in_time(cfg, test, local.spec)
+    np.testing.assert_array_equal(served.score_rows(ranker_stage.scoring_rows(test), source), direct)
     # The online path: a request scored from the snapshot + text model equals the same request scored
     # offline (features + interest scores the same way the training frame gets them).
     user = test["user_id"][0]
@@ -124,7 +130,10 @@ def test_promotion_refused_when_worse_forced_then_better_wins_and_rollback(world
 def test_ranker_pinned_to_a_missing_textmodel_fails_loudly(world) -> None:
     cfg, client = world
     name = ranker_name(cfg.mlflow.model_prefix)
-    orphan = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "99", {})
+    with pytest.raises(ModelPairError, match=r"textmodel .* version 99 is not available"):  # refused at once
+        registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "99", {})
+    orphan = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "1", {})
+    client.set_model_version_tag(name, orphan, "textmodel_version", "99")  # e.g. its text model deleted later
     client.set_registered_model_alias(name, "broken", orphan)
     with pytest.raises(ModelPairError, match=r"textmodel .* version 99 is not available"):
         load_pipeline(
@@ -137,6 +146,7 @@ def test_online_request_equals_the_offline_path_for_the_same_request(world) -> N
     scores) for one request placed just after the last event: the train/serve contract, end to end."""
     from features import build_offline, read_impressions, read_items
     from features.history import impression_histories
+    from features.sources import PointInTimeFeatures
     from textmodel.data import Catalogue, ImpressionSet
     from textmodel.scoring import score_rows
 
@@ -169,9 +179,14 @@ def test_online_request_equals_the_offline_path_for_the_same_request(world) -> N
         feats.select("impression_id", "item_id", "clicked"), hist, catalogue, cfg.data.history_cap
     )
     offline = feats.join(items.select("item_id", "category"), on="item_id", how="left", maintain_order="left")
-    offline = offline.with_columns(pl.Series("interest_score", score_rows(scorer.model, scorer.vectors, data)))
     online = served.score(user, [Candidate(i) for i in candidates])
-    np.testing.assert_allclose(online, served.score_frame(offline), rtol=0, atol=1e-6)
+    # The same rows through the point-in-time source: the same bundle method, so the same bits.
+    source = PointInTimeFeatures(offline, hist, served.spec)
+    rows = offline.select(pl.col("impression_id").alias("request_id"), "user_id", "item_id")
+    np.testing.assert_array_equal(online, served.score_rows(rows, source))
+    # And the interest score the bundle computes is the one the bulk export computes for training rows.
+    bulk = score_rows(scorer.model, scorer.vectors, data)
+    np.testing.assert_array_equal(scorer.scores(served.history(user), candidates), bulk)
 
 
 def test_a_ranker_version_whose_artifacts_are_gone_fails_with_a_named_error(world) -> None:
@@ -182,3 +197,63 @@ def test_a_ranker_version_whose_artifacts_are_gone_fails_with_a_named_error(worl
     shutil.rmtree(urlparse(client.get_logged_model(model_id).artifact_location).path)  # e.g. a pruned artifact store
     with pytest.raises(ModelPairError, match=rf"ranker models:/{name}/{version} is not available: No such artifact"):
         load_ranker_version(client, cfg.mlflow.model_prefix, version)
+
+
+def test_batched_bundle_scores_equal_the_old_per_request_path(world) -> None:
+    """The oracle: the request path before the bundle (online_rows + TextScorer.scores + interest rank +
+    predict, one request at a time). The batched method over many requests at once must give the same bits."""
+    from features.behaviour import online_rows
+    from ranker.frame import with_interest_rank
+    from ranker.lambdarank import predict
+
+    cfg, client = world
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    users = [*served.snapshot.users["user_id"].to_list()[:40], "never-seen"]
+    items = served.snapshot.items["item_id"].to_list()
+    rng = np.random.default_rng(0)
+    requests = {
+        f"r{k}": (u, list(rng.choice(items, size=int(rng.integers(1, 12)), replace=False))) for k, u in enumerate(users)
+    }
+    rows = pl.DataFrame(
+        [(r, u, i) for r, (u, cands) in requests.items() for i in cands],
+        schema=["request_id", "user_id", "item_id"],
+        orient="row",
+    )
+    batched = served.score_rows(rows, num_threads=2)
+    at = served.snapshot.as_of
+    for r, (user, cands) in requests.items():
+        frame = online_rows(served.snapshot, user, cands, at, served.spec)
+        interest = served.text.scores(served.history(user), cands)
+        frame = frame.hstack([pl.Series("interest_score", interest), pl.Series("impression_id", [r] * len(cands))])
+        old = predict(served.booster, with_interest_rank(frame), served.inputs)
+        np.testing.assert_array_equal(batched[(rows["request_id"] == r).to_numpy()], old)
+        np.testing.assert_array_equal(served.score(user, [Candidate(i) for i in cands]), old)
+
+
+def test_the_registered_pyfunc_predicts_the_rank_scores(world) -> None:
+    """MLflow's own API on the registered model: one score per row, in row order, equal to the bundle's."""
+    import mlflow.pyfunc
+
+    cfg, client = world
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{ranker_name(cfg.mlflow.model_prefix)}@champion")
+    users = served.snapshot.users["user_id"].to_list()
+    items = served.snapshot.items["item_id"].to_list()
+    rows = pl.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "a", "b", "c", "c"],
+            "user_id": [users[0], users[0], users[1], users[0], users[1], "nobody", "nobody"],
+            "item_id": [items[0], items[1], items[2], items[3], items[1], "brand-new", items[4]],
+            "title": [None, None, None, None, None, "The bold story of sports", None],
+        }
+    )
+    got = model.predict(rows.to_pandas())
+    assert list(got.index) == list(range(rows.height))
+    np.testing.assert_array_equal(got.to_numpy(), served.score_rows(rows))
+    ranked = served.rank(users[0], [Candidate(items[i]) for i in (0, 1, 3)])
+    want = dict(ranked)
+    assert [want[i] for i in (items[0], items[1], items[3])] == got.to_numpy()[[0, 1, 3]].tolist()

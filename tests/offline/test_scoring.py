@@ -258,15 +258,23 @@ def test_ranks_break_ties_by_input_order() -> None:
     class Fixed:
         versions: ClassVar[dict[str, str]] = {"ranker": "7"}
 
-        def score(self, user_id, candidates):
-            return np.array([0.5, 0.9, 0.5, 0.9, 0.1])[: len(candidates)]
+        def score_rows(self, rows):
+            return np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.2, 0.2, 0.7])[: rows.height]
 
+    # two requests, interleaved in the file, listed out of order (_row says the input order)
     rows = pl.DataFrame(
-        {"request_id": ["a"] * 5, "user_id": ["u"] * 5, "item_id": list("vwxyz"), "_row": [0, 1, 2, 3, 4], "_shard": 0}
-    )
+        {
+            "request_id": ["a", "a", "a", "a", "a", "b", "b", "b"],
+            "user_id": ["u"] * 8,
+            "item_id": list("vwxyzpqr"),
+            "_row": [0, 1, 2, 3, 4, 5, 6, 7],
+            "_shard": 0,
+        }
+    )[[0, 5, 1, 6, 2, 7, 3, 4]]
     out = score_rows(Fixed(), rows)
-    assert out["rank"].to_list() == [3, 1, 4, 2, 5]
-    assert out["ranker_version"].to_list() == ["7"] * 5 and out["textmodel_version"].null_count() == 5
+    assert out["item_id"].to_list() == list("vwxyzpqr")  # back in input order
+    assert out["rank"].to_list() == [3, 1, 4, 2, 5, 2, 3, 1]
+    assert out["ranker_version"].to_list() == ["7"] * 8 and out["textmodel_version"].null_count() == 8
 
 
 def test_a_different_job_starts_over(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from unittest import mock
 
 import httpx
 import polars as pl
@@ -16,6 +17,8 @@ from conf import Config
 from ranker.pipeline import Candidate
 from serving.app import build_app, curl_example, example_request
 from serving.models import ModelHolder
+
+SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +48,7 @@ def test_rank_scores_equal_the_pipeline(client: TestClient, holder: ModelHolder)
     assert [got[i] for i in [*items, "brand-new"]] == expected.tolist()  # the same floats, not just close
     assert [x["rank"] for x in body["items"]] == list(range(1, 10))
     assert [x["score"] for x in body["items"]] == sorted(expected.tolist(), reverse=True)
-    assert body["versions"] == {"ranker": "1", "textmodel": "1"}
+    assert body["versions"] == {"ranker": "1", "textmodel": "1", "snapshot": SNAPSHOT_ID}
     assert body["encoded_items"] == 1 and body["cold_start_user"] is False
     assert r.headers["server-timing"].startswith("rank;dur=")
 
@@ -90,8 +93,9 @@ def test_an_unknown_item_with_every_field_scores_as_its_catalogue_twin(
     assert pipeline.texts_needed([Candidate(**lab)]) == {"twin": f"{row['title']}\nlab gear"[:32]}
     r = client.post("/rank", json={"user_id": user, "candidates": [*others, lab]})
     assert r.status_code == 200, r.text
-    interest = pipeline.request_frame(user, [Candidate(**twin), Candidate(**{**lab, "item_id": "lab"})])
-    assert interest["interest_score"][0] != pytest.approx(interest["interest_score"][1], abs=1e-4)
+    pair = [Candidate(**twin), Candidate(**{**lab, "item_id": "lab"})]
+    interest = pipeline.text.scores(pipeline.history(user), ["twin", "lab"], pipeline.texts_needed(pair))
+    assert interest[0] != pytest.approx(interest[1], abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +140,7 @@ def test_health_readiness_version_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["versions"]["ranker"] == "1"
-    assert client.get("/version").json()["models"] == {"ranker": "1", "textmodel": "1"}
+    assert client.get("/version").json()["models"] == {"ranker": "1", "textmodel": "1", "snapshot": SNAPSHOT_ID}
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()["components"]["schemas"]["RankRequest"]
     assert schema["properties"]["candidates"]["maxItems"] == 20  # the configured limit is in the schema

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from unittest import mock
 
 import httpx
 import numpy as np
@@ -16,6 +17,8 @@ from conf import Config
 from conf.runtime import prepare_ray_env
 from ranker.pipeline import Candidate
 from serving.models import ModelHolder
+
+SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +53,8 @@ def test_rank_through_ray_serve_equals_the_pipeline(served, holder: ModelHolder)
     want = holder.current.score(user, [Candidate(i) for i in items])
     got = {x["item_id"]: x["score"] for x in cached["items"]}
     assert [got[i] for i in items] == want.tolist()  # identical floats: the same pipeline in the ingress
-    assert cached["versions"] == {"ranker": "1", "textmodel": "1"} and cached["encoded_items"] == 0
+    assert cached["versions"] == {"ranker": "1", "textmodel": "1", "snapshot": SNAPSHOT_ID}
+    assert cached["encoded_items"] == 0
     # Unseen items are encoded by the encoder deployment in a batch with other texts: padding differs from
     # encoding them here, so equal to float32 rounding, not bit for bit.
     local = holder.current.score(user, [*(Candidate(i) for i in items[:5]), *(Candidate(**n) for n in new)])

@@ -1,0 +1,161 @@
+"""Where a frame of candidate rows gets its behavioural features: two sources behind one interface.
+
+* :class:`SnapshotFeatures`: the online snapshot (the API, batch scoring): every row's state is the
+  user's and item's state just after the snapshot's last event, at the request time.
+* :class:`PointInTimeFeatures`: the offline feature table (evaluation, promotion): each impression row's
+  own features, computed strictly before its impression, so nothing from after it can leak in.
+
+Both answer the same two questions for a frame of rows keyed by ``request_id, user_id, item_id``: the
+feature rows (row for row) and each request's click history (for the text model's user tower). What comes
+after the features (interest score, its rank, the model matrix, the booster) is one code path
+(:meth:`ranker.pipeline.RankingPipeline.score_rows`), whichever source fed it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+
+from features.behaviour import FeatureSpec, OnlineSnapshot, snapshot_features
+
+REQUEST_KEYS = ("request_id", "user_id", "item_id")
+
+
+class FeatureSourceError(ValueError):
+    """A frame of rows the source cannot give features for; the message names the column or the row."""
+
+
+class FeatureSource(Protocol):
+    def features(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """``item_id``, ``category`` and the feature columns of ``rows``, row for row."""
+        ...
+
+    def histories(self, rows: pl.DataFrame) -> tuple[list[list[str]], np.ndarray]:
+        """(one click history per group of rows, oldest first; each row's group index)."""
+        ...
+
+
+def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> None:
+    missing = [c for c in keys if c not in rows.columns]
+    if missing:
+        raise FeatureSourceError(f"rows: column {missing[0]!r} missing (needs {', '.join(keys)})")
+
+
+@dataclass
+class SnapshotFeatures:
+    """Features from the online snapshot at time ``at`` (default: the snapshot's ``as_of``).
+
+    Items the snapshot does not know take their ``category`` from the rows (column ``category``, when
+    present) and get zero counts; users it does not know get zero counts and an empty history.
+    """
+
+    snapshot: OnlineSnapshot
+    spec: FeatureSpec
+    at: datetime | None = None
+    _history: dict[str, list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        users = self.snapshot.users
+        self._history = (
+            dict(zip(users["user_id"].to_list(), users["history"].to_list(), strict=True))
+            if "history" in users.columns
+            else {}
+        )
+
+    def history(self, user_id: str) -> list[str]:
+        return self._history.get(user_id) or []
+
+    def at_time(self, at: datetime) -> SnapshotFeatures:
+        """The same source read at request time ``at`` (the history table is shared, not rebuilt)."""
+        other = copy.copy(self)
+        other.at = at
+        return other
+
+    def features(self, rows: pl.DataFrame) -> pl.DataFrame:
+        _check_keys(rows, REQUEST_KEYS)
+        return snapshot_features(
+            self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, self._new_items(rows)
+        )
+
+    def _new_items(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """Attributes of the rows' items the snapshot does not know (None when every item is known)."""
+        known = self.snapshot.index().item_row
+        unknown = [i for i, item in enumerate(rows["item_id"].to_list()) if item not in known]
+        if not unknown:
+            return None
+        category = rows["category"][unknown] if "category" in rows.columns else pl.Series([None] * len(unknown))
+        return pl.DataFrame(
+            {
+                "item_id": rows["item_id"][unknown],
+                "category": category.cast(pl.String),
+                "published_at": pl.Series([None] * len(unknown), dtype=pl.Datetime("us", "UTC")),
+            }
+        )
+
+    def histories(self, rows: pl.DataFrame) -> tuple[list[list[str]], np.ndarray]:
+        """One history per distinct user (a user's requests share one user-tower pass)."""
+        _check_keys(rows, REQUEST_KEYS)
+        codes: dict[str, int] = {}
+        users = rows["user_id"].to_list()
+        group = np.fromiter((codes.setdefault(u, len(codes)) for u in users), np.int64, len(users))
+        return [self.history(u) for u in codes], group
+
+
+@dataclass
+class PointInTimeFeatures:
+    """Features of impression rows from the offline table: ``request_id`` is the ``impression_id``.
+
+    ``table``: the feature rows (``impression_id``, ``item_id``, ``category`` and the feature columns, as
+    :func:`ranker.frame.ranking_frame` builds them); ``histories``: ``impression_id, history`` (the clicks
+    strictly before each impression, :func:`features.history.impression_histories`).
+    """
+
+    table: pl.DataFrame
+    histories_table: pl.DataFrame
+    spec: FeatureSpec
+
+    def features(self, rows: pl.DataFrame) -> pl.DataFrame:
+        _check_keys(rows, REQUEST_KEYS)
+        keyed = rows.select(pl.col("request_id").alias("impression_id"), "item_id").with_row_index("_row")
+        columns = ["item_id", "category", *self.spec.feature_columns]
+        table = self.table
+        if "category" not in table.columns:  # a frame built for a ranker without categorical inputs
+            table = table.with_columns(pl.lit(None, dtype=pl.String).alias("category"))
+        missing = [c for c in ("impression_id", *columns) if c not in table.columns]
+        if missing:
+            raise FeatureSourceError(f"point-in-time features: column {missing[0]!r} missing")
+        joined = keyed.join(
+            table.select("impression_id", *columns), on=["impression_id", "item_id"], how="left", coalesce=True
+        )
+        if joined.height != rows.height:
+            raise FeatureSourceError("point-in-time features: an (impression_id, item_id) pair has several rows")
+        joined = joined.sort("_row")
+        absent = joined.filter(pl.col("item_impressions_before").is_null())
+        if absent.height:
+            first = absent.row(0, named=True)
+            raise FeatureSourceError(
+                f"point-in-time features: no row for impression {first['impression_id']!r}, "
+                f"item {first['item_id']!r} ({absent.height} row(s) without features)"
+            )
+        return joined.select(columns)
+
+    def histories(self, rows: pl.DataFrame) -> tuple[list[list[str]], np.ndarray]:
+        """One history per impression: its user's clicks strictly before it."""
+        _check_keys(rows, REQUEST_KEYS)
+        codes: dict[str, int] = {}
+        impressions = rows["request_id"].to_list()
+        group = np.fromiter((codes.setdefault(r, len(codes)) for r in impressions), np.int64, len(impressions))
+        found = (
+            pl.DataFrame({"impression_id": list(codes)}, schema={"impression_id": pl.String})
+            .join(self.histories_table.select("impression_id", "history"), on="impression_id", how="left")
+        )
+        lookup = dict(zip(found["impression_id"].to_list(), found["history"].to_list(), strict=True))
+        lost = [r for r in codes if lookup.get(r) is None]
+        if lost:
+            raise FeatureSourceError(f"point-in-time histories: no history for impression {lost[0]!r}")
+        return [lookup[r] for r in codes], group
