@@ -20,7 +20,7 @@ from offline.cli import main
 from offline.tracking import setup
 from ranker.frame import model_matrix, split_rows
 from ranker.lambdarank import fit_ranker
-from ranker.loading import ModelPairError, load_pipeline, load_ranker_version, ranker_name
+from ranker.loading import ModelPairError, load_pipeline, load_ranker_version, ranker_name, tracking_uri
 from ranker.pipeline import Candidate
 
 SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)
@@ -257,3 +257,66 @@ def test_the_registered_pyfunc_predicts_the_rank_scores(world) -> None:
     ranked = served.rank(users[0], [Candidate(items[i]) for i in (0, 1, 3)])
     want = dict(ranked)
     assert [want[i] for i in (items[0], items[1], items[3])] == got.to_numpy()[[0, 1, 3]].tolist()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_bundle_scores(world, tmp_path: Path) -> None:
+    """`mlflow models serve --env-manager local` on the registered ranker (MLflow's own server, loopback only)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg, client = world
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    user = served.snapshot.users["user_id"][0]
+    items = served.snapshot.items["item_id"].to_list()[:3]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",  # MLflow execs the venv's uvicorn
+        "MLFLOW_TRACKING_URI": tracking_uri(cfg),
+        "OMP_NUM_THREADS": "1",
+    }
+    uri = f"models:/{ranker_name(cfg.mlflow.model_prefix)}@champion"
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    log = (tmp_path / "serve.log").open("w")
+    # Its own session: MLflow execs uvicorn in a grandchild, so the whole group is ended by our child's id.
+    proc = subprocess.Popen(
+        [*cmd, "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(1)
+        body = {
+            "dataframe_split": {
+                "columns": ["request_id", "user_id", "item_id"],
+                "data": [["a", user, i] for i in items],
+            }
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        got = [p["score"] for p in json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]]
+        assert got == served.score(user, [Candidate(i) for i in items]).tolist()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group of our own child (MLflow + its uvicorn)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
