@@ -135,10 +135,16 @@ class SnapshotIndex:
             [
                 pl.Series("item_id", list(item_ids), dtype=pl.String),
                 *item_columns,
-                *[column.gather(user_at) for column in self.users.get_columns()],
+                *self._gather_users(user_at),
                 self._category_clicks_rows(user_at, codes[item_at]),
             ]
         )
+
+    def _gather_users(self, user_at: np.ndarray) -> list[pl.Series]:
+        """The user columns of each row; one user (a request) repeats its row, a gather costs ~1 ms more."""
+        if len(user_at) and user_at.min() == user_at.max():
+            return [column.new_from_index(int(user_at[0]), len(user_at)) for column in self.users.get_columns()]
+        return [column.gather(user_at) for column in self.users.get_columns()]
 
     def _category_clicks_rows(self, user_at: np.ndarray, codes: np.ndarray) -> pl.Series:
         """Each row's user's clicks in its item's category: a sorted-key lookup; null where there is no row."""
