@@ -325,14 +325,20 @@ def online_rows(
     return derive(frame.lazy(), spec).select("item_id", "category", *spec.feature_columns).collect()
 
 
+def group_codes(keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(each row's group index, the distinct keys in order of first appearance): rows grouped by key."""
+    codes: dict[str, int] = {}
+    code = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), np.int64, len(keys))
+    return code, list(codes)
+
+
 def request_positions(request_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(position of each row within its request, size of each row's request), requests given by row.
 
     A request's rows need not be contiguous; their order in the frame is their display order.
     """
-    codes: dict[str, int] = {}
-    code = np.fromiter((codes.setdefault(r, len(codes)) for r in request_ids), np.int64, len(request_ids))
-    if len(codes) <= 1:  # the API's case: one request
+    code, distinct = group_codes(request_ids)
+    if len(distinct) <= 1:  # the API's case: one request
         n = len(request_ids)
         return np.arange(n, dtype=np.int32), np.full(n, n, dtype=np.int32)
     sizes = np.bincount(code)

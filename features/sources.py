@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from features.behaviour import FeatureSpec, OnlineSnapshot, snapshot_features
+from features.behaviour import FeatureSpec, OnlineSnapshot, group_codes, snapshot_features
 
 REQUEST_KEYS = ("request_id", "user_id", "item_id")
 
@@ -100,10 +100,8 @@ class SnapshotFeatures:
     def histories(self, rows: pl.DataFrame) -> tuple[list[list[str]], np.ndarray]:
         """One history per distinct user (a user's requests share one user-tower pass)."""
         _check_keys(rows, REQUEST_KEYS)
-        codes: dict[str, int] = {}
-        users = rows["user_id"].to_list()
-        group = np.fromiter((codes.setdefault(u, len(codes)) for u in users), np.int64, len(users))
-        return [self.history(u) for u in codes], group
+        group, users = group_codes(rows["user_id"].to_list())
+        return [self.history(u) for u in users], group
 
 
 @dataclass
@@ -147,11 +145,9 @@ class PointInTimeFeatures:
     def histories(self, rows: pl.DataFrame) -> tuple[list[list[str]], np.ndarray]:
         """One history per impression: its user's clicks strictly before it."""
         _check_keys(rows, REQUEST_KEYS)
-        codes: dict[str, int] = {}
-        impressions = rows["request_id"].to_list()
-        group = np.fromiter((codes.setdefault(r, len(codes)) for r in impressions), np.int64, len(impressions))
+        group, codes = group_codes(rows["request_id"].to_list())
         found = (
-            pl.DataFrame({"impression_id": list(codes)}, schema={"impression_id": pl.String})
+            pl.DataFrame({"impression_id": codes}, schema={"impression_id": pl.String})
             .join(self.histories_table.select("impression_id", "history"), on="impression_id", how="left")
         )
         lookup = dict(zip(found["impression_id"].to_list(), found["history"].to_list(), strict=True))

@@ -178,17 +178,6 @@ class TextScorer:
         ]
         return rows, torch.stack(vectors)
 
-    def item_vectors(
-        self,
-        item_ids: Sequence[str],
-        texts: Mapping[str, str] | None = None,
-        given: Mapping[str, np.ndarray] | None = None,
-    ) -> torch.Tensor:
-        """Vectors (float32) of ``item_ids``, found as :meth:`item_rows` finds them."""
-        rows, extra = self.item_rows(item_ids, texts, given)
-        table = self.vectors if extra is None else torch.cat([self.vectors, extra])
-        return table[torch.from_numpy(rows).to(self.device)]
-
     def history_matrix(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """(M, cap) table indices of each history's items in the table, newest ``cap`` kept, right-aligned
         (newest last, -1 pad): the layout training used (:class:`~textmodel.data.ImpressionSet`)."""
