@@ -84,6 +84,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conf import Config, load_config  # noqa: E402
+from features.store import snapshot_dir  # noqa: E402
 
 TODAY_BUSY = 24_000  # busy rows/s per worker before #14 (README, 100-item requests)
 GOALS = {"busy_x_today": 5.0, "busy_x_floor": 0.5, "two_workers_x_one": 1.8, "rows": 1_000_000, "users": 100_000}
@@ -126,7 +127,8 @@ def load_champion(cfg: Config, config: str | None, overrides: list[str]):
     )
     data = Path(cfg.data.dir)
     store_is_local = not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri)
-    if not (data / "online_meta.json").is_file() or (store_is_local and not (data / "mlflow" / "mlflow.db").is_file()):
+    no_registry = store_is_local and not (data / "mlflow" / "mlflow.db").is_file()
+    if not (snapshot_dir(data) / "online_meta.json").is_file() or no_registry:
         print(f"no trained data folder with a registry at {shown(data)}: run `{make}` first", file=sys.stderr)
         raise SystemExit(2)
     try:

@@ -115,8 +115,10 @@ def request_bodies(args, n: int = 300, candidates: int = 100, unknown: float = 0
     """Requests of ``candidates`` catalogue items for snapshot users; ``unknown`` of them new items with text."""
     import polars as pl
 
-    users = pl.read_parquet(Path(args.data) / "online_user.parquet")["user_id"].to_list()
-    items = pl.read_parquet(Path(args.data) / "online_item.parquet")["item_id"].to_list()
+    from features.store import snapshot_dir
+
+    users = pl.read_parquet(snapshot_dir(args.data) / "online_user.parquet")["user_id"].to_list()
+    items = pl.read_parquet(snapshot_dir(args.data) / "online_item.parquet")["item_id"].to_list()
     rng = random.Random(seed)
     words = ["night", "river", "story", "love", "war", "city", "dream", "last", "king", "summer", "road", "home"]
     bodies = []

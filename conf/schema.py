@@ -77,6 +77,12 @@ class FeaturesConfig(_Strict):
     click_windows_days: list[int] = Field(
         min_length=1, description="Windows (days) for the recent item-click counts, e.g. [1, 7]."
     )
+    snapshot_retention: int = Field(
+        default=5,
+        ge=1,
+        description="Snapshot versions kept in the data folder (`recrank events append` writes one per append); "
+        "older ones are deleted after a commit. A server holds its snapshot in memory, so pruning never breaks it.",
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> FeaturesConfig:
@@ -335,6 +341,12 @@ class ServingConfig(_Strict):
     port: int = Field(ge=0, le=65535, description="HTTP port (0 = any free port).")
     model_alias: str = Field(description="Registry alias served: <prefix>-ranker@alias and the textmodel it pins.")
     reload_interval_s: float = Field(ge=0, description="How often the alias is polled for a new champion; 0 = never.")
+    snapshot_refresh_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the data folder is polled for a new snapshot version (after `recrank events "
+        "append`): the bound on how stale served features get beyond the append cadence; 0 = never.",
+    )
     max_candidates: int = Field(gt=0, description="Largest candidate list one request may carry.")
     max_text_chars: int = Field(gt=0, description="Longest title/body/category a candidate may carry.")
     max_body_bytes: int = Field(gt=0, description="Largest request body accepted (413 above).")

@@ -158,11 +158,21 @@ def _scan_checked(path: Path, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     return lazy.select(list(schema))
 
 
+def _scan_table(data_dir: str | Path, table: str, base: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """Every committed file of ``table`` (the prepared one, then each append's part), each checked."""
+    from features.store import table_paths  # the store knows the parts; it imports nothing from here
+
+    paths = table_paths(data_dir, table) or [Path(data_dir) / base]
+    frames = [_scan_checked(path, schema) for path in paths]
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+
 def read_items(data_dir: str | Path) -> pl.LazyFrame:
-    """Scan ``DIR/items.parquet`` after checking its columns and types (cheap: parquet metadata only)."""
-    return _scan_checked(Path(data_dir) / ITEMS_FILE, ITEMS_SCHEMA)
+    """Scan the catalogue (``DIR/items.parquet`` and appended items) after checking columns and types
+    (cheap: parquet metadata only)."""
+    return _scan_table(data_dir, "items", ITEMS_FILE, ITEMS_SCHEMA)
 
 
 def read_impressions(data_dir: str | Path) -> pl.LazyFrame:
-    """Scan ``DIR/impressions.parquet`` after checking its columns and types."""
-    return _scan_checked(Path(data_dir) / IMPRESSIONS_FILE, IMPRESSIONS_SCHEMA)
+    """Scan the impressions (``DIR/impressions.parquet`` and appended parts) after checking their columns and types."""
+    return _scan_table(data_dir, "impressions", IMPRESSIONS_FILE, IMPRESSIONS_SCHEMA)

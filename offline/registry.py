@@ -103,6 +103,7 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
     from conf.prompt import TEMPLATE_FIELDS
     from features import read_snapshot
     from features.build import ONLINE_FILES
+    from features.store import snapshot_dir
     from ranker.frame import split_rows
     from ranker.loading import textmodel_folder
     from ranker.mlflow_flavor import BUNDLE_KEY, SNAPSHOT_KEY, TEXTMODEL_KEY, RankerPyfunc, write_bundle_folder
@@ -126,7 +127,7 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
         snapshot = Path(tmp) / "snapshot"
         snapshot.mkdir()
         for name in ONLINE_FILES:
-            shutil.copy2(Path(cfg.data.dir) / name, snapshot / name)
+            shutil.copy2(snapshot_dir(cfg.data.dir) / name, snapshot / name)
         artifacts = {BUNDLE_KEY: str(bundle), SNAPSHOT_KEY: str(snapshot)}
         if run.inputs.uses_text:
             artifacts[TEXTMODEL_KEY] = str(textmodel_folder(client, cfg.mlflow.model_prefix, str(textmodel_version)))

@@ -25,7 +25,7 @@ def prepare(cfg: Config, progress: bool = True) -> PrepareSummary:
 
 
 def features(cfg: Config) -> dict[str, object]:
-    return build_features(cfg.data.dir, FeatureSpec.from_config(cfg))
+    return build_features(cfg.data.dir, FeatureSpec.from_config(cfg), cfg.features.snapshot_retention)
 
 
 def evaluate_baselines(cfg: Config, split: str = "test") -> tuple[EvaluationResult, Path]:

@@ -20,8 +20,9 @@ from pathlib import Path
 import polars as pl
 
 from conf import Config
-from features.build import ONLINE_ITEM_FILE, ONLINE_META_FILE, ONLINE_USER_CATEGORY_FILE, ONLINE_USER_FILE
+from features.build import ONLINE_FILES
 from features.schema import DataValidationError
+from features.store import snapshot_dir
 from offline.scoring import inputs, staging
 from offline.scoring.workers import run_shards
 
@@ -66,8 +67,8 @@ def _absolute(cfg: Config) -> Config:
 
 def _snapshot_fingerprint(data_dir: Path) -> list[dict]:
     """The online snapshot feeds the features: a rebuilt snapshot is a different job."""
-    files = (ONLINE_META_FILE, ONLINE_USER_FILE, ONLINE_ITEM_FILE, ONLINE_USER_CATEGORY_FILE)
-    return inputs.fingerprint([data_dir / f for f in files if (data_dir / f).is_file()])
+    folder = snapshot_dir(data_dir)
+    return inputs.fingerprint([folder / f for f in ONLINE_FILES if (folder / f).is_file()])
 
 
 def _check_paths(source: Path, output: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from features.store import snapshot_dir
 from offline.cli import main
 
 
@@ -23,13 +24,15 @@ def test_baselines_on_ml100k_write_the_report(tmp_path: Path, capsys) -> None:
         "impressions.parquet",
         "split.json",
         "features.parquet",
-        "online_user.parquet",
-        "online_item.parquet",
+        "tables.json",
         "report/metrics.json",
         "report/report.md",
         "report/metric_by_model.png",
     ):
         assert (out / name).is_file(), name
+    snapshot = snapshot_dir(out)
+    assert snapshot.parent.name == "snapshots" and (snapshot / "online_user.parquet").is_file()
+    assert (snapshot / "online_item.parquet").is_file()
     metrics = json.loads((out / "report/metrics.json").read_text())
     assert metrics["impressions"] == 256
     ctr = metrics["systems"]["item_ctr"]["metrics"]

@@ -19,8 +19,8 @@ SPEC = FeatureSpec(click_windows_days=(1, 7), ctr_prior_strength=20.0, history_c
 def written(tiny_world, tmp_path_factory) -> Path:
     items, impressions = tiny_world
     folder = tmp_path_factory.mktemp("snap")
-    write_snapshot(build_snapshot(impressions.lazy(), items.lazy(), SPEC), folder, SPEC, "fp-1")
-    return folder
+    snapshot_id = write_snapshot(build_snapshot(impressions.lazy(), items.lazy(), SPEC), folder, SPEC, "fp-1")
+    return folder / "snapshots" / snapshot_id
 
 
 def test_the_snapshot_reads_back_its_lineage_and_a_content_id(written: Path, tiny_world, tmp_path: Path) -> None:
@@ -29,11 +29,12 @@ def test_the_snapshot_reads_back_its_lineage_and_a_content_id(written: Path, tin
     assert snap.snapshot_id and len(snap.snapshot_id) == 16
     # Same content, same id; other content (fewer events), another id.
     items, impressions = tiny_world
-    write_snapshot(build_snapshot(impressions.lazy(), items.lazy(), SPEC), tmp_path, SPEC, "fp-1")
-    assert read_snapshot(tmp_path).snapshot_id == snap.snapshot_id
+    assert written.name == snap.snapshot_id  # the version's folder is named by its content
+    again = write_snapshot(build_snapshot(impressions.lazy(), items.lazy(), SPEC), tmp_path, SPEC, "fp-1")
+    assert again == snap.snapshot_id
     shorter = impressions.head(impressions.height // 2)
-    write_snapshot(build_snapshot(shorter.lazy(), items.lazy(), SPEC), tmp_path, SPEC, "fp-1")
-    assert read_snapshot(tmp_path).snapshot_id != snap.snapshot_id
+    other = write_snapshot(build_snapshot(shorter.lazy(), items.lazy(), SPEC), tmp_path, SPEC, "fp-1")
+    assert other != snap.snapshot_id and read_snapshot(tmp_path / "snapshots" / other).snapshot_id == other
 
 
 def test_a_matching_snapshot_passes(written: Path) -> None:
