@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     feats = sub.add_parser("features", help="behavioural features").add_subparsers(dest="action", required=True)
     command(feats, "build", "point-in-time features + online snapshot")
+    events = sub.add_parser("events", help="new events into a data folder").add_subparsers(dest="action", required=True)
+    append = events.add_parser("append", help="append impressions (and new items); update features and snapshot")
+    append.__class__ = _IntermixedParser  # `events append FILE --items NEW key=value`
+    append.add_argument("events", type=Path, help="parquet of new impression rows (the canonical schema)")
+    append.add_argument("--data", type=Path, help="data folder (data.dir)")
+    append.add_argument("--items", dest="items_file", type=Path, help="parquet of new catalogue items")
+    append.add_argument(
+        "--skip-existing", action="store_true", help="skip impressions/items already present (idempotent re-runs)"
+    )
+    _common(append)  # after the positional: the overrides take what is left
     tm = sub.add_parser("textmodel", help="the GPT encoder").add_subparsers(dest="action", required=True)
     command(tm, "train", "fine-tune on click labels; save the model and interest scores")
     command(tm, "embed", "re-encode the catalogue with the saved model; rewrite interest scores")
@@ -181,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
         console.print_json(data=summary.to_json())
     elif args.command == "features":
         console.print_json(data=_timed("features", lambda: stages.features(cfg)))
+    elif args.command == "events":
+        summary = _timed("append", lambda: stages.append(cfg, args.events, args.items_file, args.skip_existing))
+        console.print_json(data=summary.to_json())
     elif args.command == "textmodel":
         from offline import textmodel_stage
 
@@ -313,11 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from conf import ConfigError
     from features.schema import DataValidationError
+    from features.store import StoreLockedError
     from ranker.loading import ModelPairError
 
     try:
         return run(args)
-    except (ConfigError, DataValidationError, FileNotFoundError, ValueError, ModelPairError) as exc:
+    except (ConfigError, DataValidationError, FileNotFoundError, ValueError, ModelPairError, StoreLockedError) as exc:
         err_console.print(f"recrank: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from conf import Config
+from features.append import AppendSummary, append_events
 from features.behaviour import FeatureSpec
 from features.build import build_features, read_features
 from features.prepare import PrepareSummary, prepare_dataset, read_manifest
@@ -26,6 +27,13 @@ def prepare(cfg: Config, progress: bool = True) -> PrepareSummary:
 
 def features(cfg: Config) -> dict[str, object]:
     return build_features(cfg.data.dir, FeatureSpec.from_config(cfg), cfg.features.snapshot_retention)
+
+
+def append(cfg: Config, events: Path, items: Path | None = None, skip_existing: bool = False) -> AppendSummary:
+    """``recrank events append``: one atomic, incremental commit of new events (:mod:`features.append`)."""
+    return append_events(
+        cfg.data.dir, events, FeatureSpec.from_config(cfg), items, skip_existing, cfg.features.snapshot_retention
+    )
 
 
 def evaluate_baselines(cfg: Config, split: str = "test") -> tuple[EvaluationResult, Path]:
