@@ -7,10 +7,11 @@ overrides from the command line go last. Unknown keys are errors, not silent typ
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conf.prompt import PromptTemplate
 
@@ -116,6 +117,19 @@ class EvaluationConfig(_Strict):
         ge=0,
         description="An item clicked at most this many times before the impression is in the few_clicks slice.",
     )
+    freshness: list[Literal["point_in_time", "frozen", "daily"]] = Field(
+        default=["point_in_time", "frozen", "daily"],
+        description="Feature freshness modes the ranker is evaluated under (ranker.freshness): point_in_time (every "
+        "feature from all events before each impression: a perfectly fresh store), frozen (the snapshot of the "
+        "events before the split's cut-off, never refreshed), daily (a snapshot rebuilt at each UTC midnight of the "
+        "split). Point-in-time is always the reference of the gains; an empty list skips the section.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_freshness(self) -> EvaluationConfig:
+        if len(set(self.freshness)) != len(self.freshness):
+            raise ValueError(f"freshness modes must be distinct, got {self.freshness}")
+        return self
 
 
 class PeftConfig(_Strict):
@@ -212,6 +226,41 @@ class TrainConfig(_Strict):
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
         "random folds of impressions (heads see the other folds' later clicks too).",
     )
+    # Continual training (#15). Both default to null: training from scratch on the whole train split, as before.
+    warm_start: str | None = Field(
+        default=None,
+        description="Start every trainable weight (adapters, towers, the trainer's bias and offset weight) from a "
+        "registered text model, then fine-tune on the data as configured: champion (the textmodel version that "
+        "<prefix>-ranker@champion pins) or a textmodel version number. The probe phase is skipped (the towers come "
+        "from the parent) unless the backbone is frozen. Refused when the parent's backbone (name + content hash) "
+        "or weight-defining config (PEFT method and shape, trainable_top_layers, dim, pooling, prompt, max_tokens, "
+        "offset_feature) differs. null = from scratch.",
+    )
+    since: datetime | None = Field(
+        default=None,
+        description="Train only on train-split impressions at or after this time (UTC when no zone is given), e.g. "
+        "the days since the parent was trained; validation is unchanged and every split is still scored. "
+        "null = the whole train split.",
+    )
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        """A version typed as a number (``warm_start=3`` parses as YAML int) is the same version."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start_spec(cls, value: str | None) -> str | None:
+        if value is not None and value != "champion" and not (value.isdigit() and int(value) > 0):
+            raise ValueError(f"expected 'champion' or a textmodel version number, got {value!r}")
+        return value
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """Impression times are UTC: a time without a zone is read as UTC, not as the machine's local time."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class TextModelConfig(_Strict):
@@ -383,6 +432,26 @@ class ScoringConfig(_Strict):
     gpus_per_worker: float = Field(ge=0, description="GPUs per actor (0 on CPU machines).")
 
 
+class ReplayConfig(_Strict):
+    """``recrank replay``: the last days of a data set replayed as production would run them."""
+
+    days: int = Field(default=7, gt=0, description="Days replayed: the data set's last N UTC calendar days.")
+    retrain_every_days: int = Field(
+        default=2, gt=0, description="A challenger is trained after every N replayed days (and gated on the next)."
+    )
+    val_days: float = Field(
+        default=7.0, gt=0, description="Validation window of each (re)training: the last N days before its cut-off."
+    )
+    warm_start: bool = Field(
+        default=True,
+        description="Challengers' text models start from the champion's (textmodel.train.warm_start=champion, "
+        "trained on the days since the parent's cut-off); false = from scratch on everything.",
+    )
+    dir: Path | None = Field(
+        default=None, description="The replay's own data folder (registry included); null = '<data.dir>-replay'."
+    )
+
+
 class Config(_Strict):
     """The whole configuration of one recrank run."""
 
@@ -396,3 +465,4 @@ class Config(_Strict):
     ray: RayConfig
     serving: ServingConfig
     scoring: ScoringConfig
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)

@@ -20,6 +20,9 @@ from features.io import write_parquet_atomic
 from ranker.metrics import per_group_metrics, summarize
 
 if TYPE_CHECKING:  # torch and transformers load only when a text-model command runs
+    from textmodel.backbone import BackboneIdentity
+    from textmodel.continual import Parent
+    from textmodel.data import ImpressionSet
     from textmodel.prompt import ItemText
 
 INTEREST_FILE = "interest.parquet"
@@ -48,10 +51,69 @@ def text_inputs(cfg: Config, text: ItemText):
     return load_sets(items, features, histories, text, cfg.data.history_cap, offset)
 
 
+def warm_start_parent(cfg: Config, identity: BackboneIdentity) -> Parent | None:
+    """The registered text model ``textmodel.train.warm_start`` names, checked against ``cfg`` (None: off).
+
+    ``champion`` is the textmodel version that ``<prefix>-ranker@champion`` pins (the pair being served), a
+    number is that textmodel version. Resolved once, by version: an alias moving mid-run changes nothing.
+    """
+    spec = cfg.textmodel.train.warm_start
+    if spec is None:
+        return None
+    from ranker.loading import pair_versions, ranker_name, registry_client, textmodel_folder
+    from textmodel.continual import WarmStartError, load_parent
+
+    _check_registry_exists(cfg)
+    client, prefix = registry_client(cfg), cfg.mlflow.model_prefix
+    version = spec
+    if spec == "champion":
+        version = pair_versions(client, prefix, "champion")["textmodel"]
+        if version is None:
+            raise WarmStartError(f"warm start from champion: {ranker_name(prefix)}@champion pins no text model")
+    return load_parent(textmodel_folder(client, prefix, version), cfg.textmodel, identity, version)
+
+
+def _check_registry_exists(cfg: Config) -> None:
+    """A warm start reads the registry: the embedded one must exist (opening it would create an empty one)."""
+    import os
+
+    from textmodel.continual import WarmStartError
+
+    db = Path(cfg.data.dir) / "mlflow" / "mlflow.db"
+    if not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri or db.is_file()):
+        raise WarmStartError(f"warm start: no model registry at {db} (register a text model first)")
+
+
+def _lineage(cfg: Config, parent: Parent | None, trained_on: ImpressionSet, train: ImpressionSet) -> dict[str, object]:
+    """What the model was started from and trained on, saved with it (and the parent tagged at registration)."""
+    since = cfg.textmodel.train.since
+    warm = None
+    if parent is not None:
+        warm = {
+            "from": cfg.textmodel.train.warm_start,
+            "parent_version": parent.version,
+            "parent_data_fingerprint": parent.meta.get("data_fingerprint"),
+            "parent_impression_auc": parent.meta.get("impression_auc"),
+        }
+    return {
+        "parent_version": None if parent is None else parent.version,
+        "warm_start": warm,
+        "train_window": {
+            "since": None if since is None else since.isoformat(),
+            "impressions": len(trained_on.impression_ids),
+            "rows": trained_on.num_rows,
+            "split_rows": train.num_rows,
+        },
+    }
+
+
 def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
-    """Train on the train split, early-stop on validation AUC, save the artifact and the interest scores."""
+    """Train on the train split (from ``textmodel.train.since`` on), early-stop on validation AUC, save the
+    artifact and the interest scores. Warm-started from a registered parent when configured: the parent is
+    checked before anything is built or written."""
     from textmodel.artifact import embedding_table, save_text_model
     from textmodel.backbone import load_backbone
+    from textmodel.continual import train_window
     from textmodel.model import build_text_model, resolve_device
     from textmodel.prompt import ItemText
     from textmodel.scoring import interest_frame, score_rows, scored_frame
@@ -61,15 +123,20 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     started = time.perf_counter()
     device = resolve_device(tm.train.device)
     backbone = load_backbone(tm.backbone, tm.cache_dir)  # first: its tokenizer fits the item texts to max_tokens
+    parent = warm_start_parent(cfg, backbone.identity)
     catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
-    model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, sets["train"]))
+    trained_on = train_window(sets["train"], tm.train.since)  # every split is still scored below
+    model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, trained_on))
     t0 = time.perf_counter()
     encoder.build_cache(progress=progress)
     cache_seconds = time.perf_counter() - t0
     trainer = ClickTrainer(model, encoder, tm.train, device, impression_auc)
     towers = {id(p) for p in model.tower_parameters()}
+    # Cross-fitted heads start from fresh towers even when warm-started: the parent's have seen later clicks.
     init_towers = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in towers}
-    result = trainer.fit(sets["train"], sets["val"], progress=progress)
+    if parent is not None:
+        trainer.warm_start(parent.weights, parent.trainer_state)
+    result = trainer.fit(trained_on, sets["val"], progress=progress)
     memory = encoder.encode_all(progress=progress)
     metrics = {
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
@@ -101,6 +168,8 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         # Trained as a residual over this behavioural logit (weight learned); the interest score is the text part.
         "offset_feature": tm.train.offset_feature,
         "offset_weight": float(trainer.offset_weight.detach()) if tm.train.offset_feature else None,
+        "trainer_state": trainer.own_state(),  # what a warm start from this model resumes besides the weights
+        **_lineage(cfg, parent, trained_on, sets["train"]),
         **cross_fit,
         "total_seconds": time.perf_counter() - started,
     }

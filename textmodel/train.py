@@ -25,6 +25,7 @@ from conf import TrainConfig
 from conf.progress import progress as show_progress
 from conf.progress import say
 from textmodel.adversarial import adversarial_loss
+from textmodel.continual import WarmStartError
 from textmodel.data import Batch, ImpressionSet, batches, cross_fit_plan, sample_examples
 from textmodel.encoder import BucketStates, ItemEncoder
 from textmodel.peft_methods import step_hook
@@ -43,6 +44,9 @@ class EpochLog:
     steps: int
     phase: str = "fine-tune"
     val_text: float | None = None  # the exported score (text part alone) when the loss adds an offset
+    # Optimiser steps of the whole run when this epoch was validated (all phases): with ``val_metric`` and
+    # ``phase``, the learning curve a bench compares between warm-started and from-scratch training.
+    step: int = 0
 
 
 @dataclass
@@ -84,6 +88,7 @@ class ClickTrainer:
         self._memory: torch.Tensor | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         self._fine_steps, self._fine_seconds = 0, 0.0
+        self.warm = False  # set by warm_start: the towers come from a parent, so fit skips the probe
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
@@ -146,6 +151,32 @@ class ClickTrainer:
 
     def _own(self) -> dict[str, nn.Parameter]:
         return {"bias": self.bias, "offset_weight": self.offset_weight}
+
+    def own_state(self) -> dict[str, float]:
+        """The trainer's own trained scalars, saved with the model so a warm start can resume them too."""
+        return {name: float(p.detach()) for name, p in self._own().items()}
+
+    def warm_start(self, weights: dict[str, torch.Tensor], trainer_state: dict[str, float]) -> None:
+        """Load a parent's trainable weights (every one, same names and shapes) and the trainer's scalars.
+
+        The caller has checked that the parent's definition matches (:func:`textmodel.continual.load_parent`);
+        the names and shapes are checked here as well, since loading half a model would train a hybrid.
+        """
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        missing, unexpected = set(trainable) - set(weights), set(weights) - set(trainable)
+        if missing or unexpected:
+            raise WarmStartError(
+                f"warm start: parent weights do not match the model (missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]})"
+            )
+        for name, param in trainable.items():
+            if tuple(weights[name].shape) != tuple(param.shape):
+                raise WarmStartError(
+                    f"warm start: weight {name}: parent shape {tuple(weights[name].shape)}, model {tuple(param.shape)}"
+                )
+        own = {f"trainer.{k}": torch.tensor(float(v)) for k, v in trainer_state.items() if k in self._own()}
+        self._restore({**{n: w.to(self.device) for n, w in weights.items()}, **own})
+        self.warm = True
 
     def _restore(self, state: dict[str, torch.Tensor]) -> None:
         """Load ``state`` (model weights, and the trainer's own ones when present; others keep their values)."""
@@ -219,9 +250,8 @@ class ClickTrainer:
             self.model.eval()
             self._memory = self._vectors(pooled, progress)
             metric, text_metric = self._evaluate(val, self._memory)
-            log = EpochLog(
-                epoch, float(np.mean(losses)), metric, time.perf_counter() - start, len(losses), name, text_metric
-            )
+            seconds = time.perf_counter() - start
+            log = EpochLog(epoch, float(np.mean(losses)), metric, seconds, len(losses), name, text_metric, result.steps)
             result.epochs.append(log)
             say(f"{name} epoch {epoch}: loss {log.train_loss:.4f}, val {metric:.4f}, {log.seconds:.0f}s", progress)
             result.best_by_phase[name] = max(result.best_by_phase.get(name, float("-inf")), metric)
@@ -311,8 +341,13 @@ class ClickTrainer:
 
         With a frozen backbone the second phase trains the head alone on the fine-tuning schedule (same steps,
         rate and examples), so frozen and fine-tuned models get the same optimiser-step budget.
+
+        Warm-started (:meth:`warm_start`) the probe is skipped: it exists to give the adapters a trained head to
+        start from, and the parent's towers are one (probing would only move them off what the adapters were
+        trained with). A frozen backbone keeps its probe, from the parent's towers: with the default
+        ``fine_tune_head_lr: 0`` it is the only phase that trains anything there.
         """
-        result = self.probe(train, val, progress)
+        result = self.probe(train, val, progress, epochs=0 if self.warm and not self.frozen else None)
         return self.fine_tune(train, val, result, progress)
 
     @property
@@ -320,9 +355,13 @@ class ClickTrainer:
         """No adapters to train: the backbone is frozen and only the head learns."""
         return self.model.items.backbone.upper_model is None or not self.model.adapter_parameters()
 
-    def probe(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
-        """Phase 1: the head (towers) over the pooled vectors of the untouched backbone, early-stopped."""
+    def probe(
+        self, train: ImpressionSet, val: ImpressionSet, progress: bool = True, epochs: int | None = None
+    ) -> TrainResult:
+        """Phase 1: the head (towers) over the pooled vectors of the current adapters (untouched unless warm-
+        started), early-stopped; ``epochs`` (default ``probe_epochs``) 0 logs the starting point only."""
         cfg = self.cfg
+        epochs = cfg.probe_epochs if epochs is None else epochs
         self._rng = np.random.default_rng(cfg.seed)
         towers = {"params": self._head_params(), "lr": cfg.head_lr}
         self.model.eval()
@@ -332,7 +371,7 @@ class ClickTrainer:
         result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})
         result.epochs.append(EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text))
         self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
-        self._phase("probe", cfg.probe_epochs, train, val, [towers], pooled, None, self._rng, result, progress)
+        self._phase("probe", epochs, train, val, [towers], pooled, None, self._rng, result, progress)
         return result
 
     def fine_tune(
