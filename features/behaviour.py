@@ -349,6 +349,27 @@ def request_positions(request_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarra
     return position.astype(np.int32), sizes[code].astype(np.int32)
 
 
+def request_times(requests: pl.DataFrame, ts: datetime) -> pl.Series:
+    """Each row's request time as ``Datetime("us", "UTC")``: its own ``ts`` when the frame has one, else ``ts``.
+
+    Why per row: evaluating the served path replays test impressions against a snapshot, each at its own
+    time, so item age and hours since the last click must be measured from that impression, not from one
+    instant for the whole frame. A naive ``ts`` column is read as UTC (as :func:`_utc_micros` reads a naive
+    ``ts``); a null falls back to ``ts``. Built from integer microseconds either way, so a row gets the same
+    bits as the one-time path would give it.
+    """
+    fallback = _utc_micros(ts)
+    if TS not in requests.columns:
+        micros = np.full(requests.height, fallback, dtype=np.int64)
+    else:
+        column = requests.get_column(TS)
+        if not isinstance(column.dtype, pl.Datetime):
+            raise ValueError(f"requests: column {TS!r} has type {column.dtype} (expected a datetime, UTC)")
+        # The physical value of a zoned datetime is UTC already; of a naive one, its wall clock read as UTC.
+        micros = column.dt.cast_time_unit("us").to_physical().fill_null(fallback).to_numpy().astype(np.int64)
+    return pl.Series(TS, micros).cast(pl.Datetime("us", "UTC"))
+
+
 def snapshot_features(
     snapshot: OnlineSnapshot,
     requests: pl.DataFrame,
@@ -359,9 +380,10 @@ def snapshot_features(
     """Feature rows of many requests at once from the snapshot: :func:`online_rows` over a whole frame.
 
     ``requests`` has ``request_id, user_id, item_id`` (one row per candidate, display order within each
-    request). Returns ``item_id``, ``category`` and the feature columns, row for row. One state gather and
-    one :func:`derive` over the frame, whatever the number of requests; a test holds it equal to
-    :func:`online_rows` request by request.
+    request) and optionally ``ts``, each row's own request time (:func:`request_times`; without it every
+    row is a request at ``ts``). Returns ``item_id``, ``category`` and the feature columns, row for row. One
+    state gather and one :func:`derive` over the frame, whatever the number of requests; tests hold it equal
+    to :func:`online_rows` request by request, and the per-row times equal to one call per request time.
     """
     missing = [c for c in ("request_id", "user_id", "item_id") if c not in requests.columns]
     if missing:
@@ -371,7 +393,7 @@ def snapshot_features(
     state = snapshot.index().state_rows(requests["user_id"].to_list(), requests["item_id"].to_list(), new_items)
     request = [
         pl.Series("position", position),
-        pl.Series(TS, np.full(n, _utc_micros(ts), dtype=np.int64)).cast(pl.Datetime("us", "UTC")),
+        request_times(requests, ts),
         pl.Series("impression_size", size),
         pl.Series("global_impressions_before", np.full(n, snapshot.global_impressions, dtype=np.int64)),
         pl.Series("global_clicks_before", np.full(n, snapshot.global_clicks, dtype=np.int64)),

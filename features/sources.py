@@ -1,7 +1,8 @@
 """Where a frame of candidate rows gets its behavioural features: two sources behind one interface.
 
-* :class:`SnapshotFeatures`: the online snapshot (the API, batch scoring): every row's state is the
-  user's and item's state just after the snapshot's last event, at the request time.
+* :class:`SnapshotFeatures`: the online snapshot (the API, batch scoring, the freshness evaluation): every
+  row's state is the user's and item's state just after the snapshot's last event, at the request time (one
+  time for the frame, or each row's own ``ts``).
 * :class:`PointInTimeFeatures`: the offline feature table (evaluation, promotion): each impression row's
   own features, computed strictly before its impression, so nothing from after it can leak in.
 
@@ -50,7 +51,9 @@ def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> None:
 class SnapshotFeatures:
     """Features from the online snapshot at time ``at`` (default: the snapshot's ``as_of``).
 
-    Items the snapshot does not know take their ``category`` from the rows (column ``category``, when
+    Rows that carry a ``ts`` column are each a request at their own ``ts`` (``at`` then only fills a null):
+    how evaluation replays test impressions against a stale snapshot (:mod:`ranker.freshness`). Items the
+    snapshot does not know take their ``category`` from the rows (column ``category``, when
     present) and get zero counts; users it does not know get zero counts and an empty history.
     """
 
@@ -71,7 +74,8 @@ class SnapshotFeatures:
         return self._history.get(user_id) or []
 
     def at_time(self, at: datetime) -> SnapshotFeatures:
-        """The same source read at request time ``at`` (the history table is shared, not rebuilt)."""
+        """The same source read at request time ``at`` (the history table is shared, not rebuilt); rows with
+        their own ``ts`` still use it."""
         other = copy.copy(self)
         other.at = at
         return other

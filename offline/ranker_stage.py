@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 
 from conf import Config
@@ -34,6 +35,7 @@ from offline.report import REPORT_DIR, write_report
 from offline.textmodel_stage import INTEREST_FILE
 from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
 from ranker.frame import RankerInputs, fit_rows, ranking_frame, split_rows
+from ranker.freshness import FreshnessResult, Replay, evaluate_freshness
 from ranker.lambdarank import FitResult, fit_ranker
 from ranker.pipeline import RankingPipeline
 from ranker.slices import new_item_ids
@@ -178,7 +180,8 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     """Compare all systems on ``split`` and write the report with the feature-importance plot.
 
     The ranker's scores come from its scoring bundle over the point-in-time rows: the same method the API
-    and batch scoring call, interest score included (recomputed from the saved text model)."""
+    and batch scoring call, interest score included (recomputed from the saved text model); the same bundle
+    then scores the split again from stale snapshots (``evaluation.freshness``, :mod:`ranker.freshness`)."""
     part = split_rows(run.frame, split)
     pipeline = local_pipeline(run, cfg)
     source, rows = point_in_time(cfg, part, run.spec), scoring_rows(part)
@@ -195,6 +198,12 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     entered = read_split(cfg.data.dir).val_start - timedelta(days=cfg.evaluation.new_item_days)
     new_items = new_item_ids(read_features(cfg.data.dir), entered)
     result = evaluate_systems(scored, systems, cfg.evaluation, split=split, new_items=new_items)
+    # The same pipelines from stale snapshots; their point-in-time scores are the ones just evaluated.
+    pipelines, given = {"ranker": pipeline}, {"ranker": scored["score_ranker"].to_numpy()}
+    if run.features_only is not None:
+        pipelines["lightgbm_features_only"] = plain
+        given["lightgbm_features_only"] = scored["score_features_only"].to_numpy()
+    result.freshness = served_freshness(cfg, run.spec, part, rows, pipelines, source, given, split)
     manifest = read_manifest(cfg.data.dir)
     context = {
         "dataset": manifest.get("dataset"),
@@ -213,6 +222,27 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     with (out / "report.md").open("a") as fh:
         fh.write("\n## Feature importance (gain)\n\n![feature importance](feature_importance.png)\n")
     return result, out
+
+
+def served_freshness(
+    cfg: Config,
+    spec: FeatureSpec,
+    part: pl.DataFrame,
+    rows: pl.DataFrame,
+    pipelines: dict[str, RankingPipeline],
+    source: PointInTimeFeatures,
+    given: dict[str, np.ndarray],
+    split: str,
+) -> FreshnessResult | None:
+    """The same pipelines on ``split`` from snapshots as stale as a server's (``evaluation.freshness``); None when
+    no mode is asked for, or on the train split (no cut-off before it to freeze a snapshot at)."""
+    cut = {"val": "val_start", "test": "test_start"}.get(split)
+    if not cfg.evaluation.freshness or cut is None:
+        return None
+    d = cfg.data.dir
+    replay = Replay(read_impressions(d), read_items(d), spec, getattr(read_split(d), cut))
+    timed_rows = rows.hstack([part["ts"]])  # each impression a request at its own time
+    return evaluate_freshness(part, timed_rows, pipelines, source, replay, cfg.evaluation, given, split)
 
 
 def _text_model_summary(data_dir: Path) -> str:

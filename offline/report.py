@@ -1,5 +1,6 @@
 """Evaluation reports: ``metrics.json`` (machine-readable), ``report.md`` (a table with 95% intervals)
-and ``metric_by_model.png`` (the same comparison as a plot), all written atomically."""
+and ``metric_by_model.png`` (the same comparison as a plot), plus ``feature_freshness.png`` where the
+ranker was evaluated under stale features (:mod:`ranker.freshness`), all written atomically."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 from features.io import atomic_path, write_json_atomic
 from ranker.compare import Interval
 from ranker.evaluate import EvaluationResult
+from ranker.freshness import MODE_DESCRIPTIONS, REFERENCE, FreshnessResult
 from ranker.metrics import METRIC_NAMES
 
 REPORT_DIR = "report"
 TABLE_METRICS = ("auc", "global_auc", "mrr", "mrr_mind", "ndcg_at_5", "ndcg_at_10")
 SLICE_METRICS = ("auc", "ndcg_at_10")  # the slice tables stay compact: two metrics, their gains per reference
+FRESHNESS_METRICS = ("auc", "ndcg_at_10")
+FRESHNESS_PLOT = "feature_freshness.png"
 _LABELS = {
     "auc": "AUC (imp-mean)",
     "global_auc": "global AUC",
@@ -65,6 +69,47 @@ def slice_table(result: EvaluationResult, name: str) -> list[list[str]]:
         ]
         rows.append(cells)
     return rows
+
+
+def freshness_table(fresh: FreshnessResult) -> list[list[str]]:
+    """Header + one row per (system, mode): AUC and nDCG@10 with 95% intervals, and their gain over point-in-time."""
+    rows = [["system", "features", *[_SHORT[m] for m in FRESHNESS_METRICS]]]
+    rows[0] += [f"Δ {_SHORT[m]} vs {REFERENCE}" for m in FRESHNESS_METRICS]
+    for system in fresh.systems:
+        for mode in fresh.modes:
+            cells = [system, mode]
+            cells += [_interval(fresh.intervals[m][system].get(mode)) for m in FRESHNESS_METRICS]
+            cells += ["—" if mode == REFERENCE else _gain(fresh.gains[m][system].get(mode)) for m in FRESHNESS_METRICS]
+            rows.append(cells)
+    return rows
+
+
+def _interval(iv: Interval | None) -> str:
+    return f"{iv.mean:.4f} [{iv.low:.3f}, {iv.high:.3f}]" if iv else ""
+
+
+def _freshness_section(fresh: FreshnessResult) -> list[str]:
+    """The "Feature freshness" section: what each mode means, the table, its notes and plot."""
+    snapshots = {m: len(v) for m, v in fresh.snapshots.items() if v}
+    parts = [
+        "## Feature freshness",
+        "",
+        f"The same scoring pipeline on the {fresh.split} impressions, its behavioural features as fresh as a "
+        "server's. Gains are paired bootstrap intervals (95%) of (mode − point-in-time) over the same impressions.",
+        "",
+        *[
+            f"- **{m}**: {MODE_DESCRIPTIONS[m]}" + (f" ({snapshots[m]} snapshot(s))." if m in snapshots else ".")
+            for m in fresh.modes
+        ],
+        "",
+        _markdown(freshness_table(fresh)),
+        "",
+        *[f"- {n}" for n in fresh.notes],
+        "",
+        f"![feature freshness]({FRESHNESS_PLOT})",
+        "",
+    ]
+    return parts
 
 
 def _markdown(rows: list[list[str]]) -> str:
@@ -124,6 +169,8 @@ def render_markdown(result: EvaluationResult, title: str, context: dict[str, obj
         ]
         for name in result.slices:
             parts += _slice_section(result, name)
+    if result.freshness is not None:
+        parts += _freshness_section(result.freshness)
     if result.notes:
         parts += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
     parts += ["![metric by model](metric_by_model.png)", ""]
@@ -156,12 +203,49 @@ def plot_metrics(result: EvaluationResult, path: Path) -> Path:
     return path
 
 
+def plot_freshness(fresh: FreshnessResult, path: Path) -> Path:
+    """Grouped bars: each system's AUC and nDCG@10 under each freshness mode, with 95% interval whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems, modes = fresh.systems, fresh.modes
+    width = 0.8 / len(modes)
+    colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    fig, axes = plt.subplots(1, len(FRESHNESS_METRICS), figsize=(5 * len(FRESHNESS_METRICS), 3.6))
+    for ax, metric in zip(axes, FRESHNESS_METRICS, strict=True):
+        lows, highs = [], []
+        for k, mode in enumerate(modes):
+            ivs = [fresh.intervals[metric][s][mode] for s in systems]
+            err = [[iv.mean - iv.low for iv in ivs], [iv.high - iv.mean for iv in ivs]]
+            xs = [i + (k - (len(modes) - 1) / 2) * width for i in range(len(systems))]
+            ax.bar(xs, [iv.mean for iv in ivs], width, yerr=err, capsize=3, label=mode, color=colours[k % 4])
+            lows += [iv.low for iv in ivs]
+            highs += [iv.high for iv in ivs]
+        ax.set_xticks(range(len(systems)), systems, rotation=20, ha="right")
+        ax.set_title(_LABELS[metric])
+        ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(highs) + 0.03))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{fresh.split} split: features as evaluated vs as served (95% bootstrap CI)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(result: EvaluationResult, data_dir: str | Path, title: str, context: dict[str, object]) -> Path:
-    """Write ``DIR/report/{metrics.json, report.md, metric_by_model.png}``; return the folder."""
+    """Write ``DIR/report/{metrics.json, report.md, metric_by_model.png}`` (and ``feature_freshness.png`` when
+    the result carries a freshness comparison); return the folder."""
     out = Path(data_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"context": context, **result.to_json()}, out / "metrics.json")
     plot_metrics(result, out / "metric_by_model.png")
+    if result.freshness is not None:
+        plot_freshness(result.freshness, out / FRESHNESS_PLOT)
+    else:  # a plot left by an earlier run would describe another evaluation
+        (out / FRESHNESS_PLOT).unlink(missing_ok=True)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_markdown(result, title, context))
     return out

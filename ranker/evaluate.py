@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -20,6 +21,9 @@ from conf import EvaluationConfig
 from ranker.compare import Interval, compare_systems, gain_key
 from ranker.metrics import METRIC_NAMES, auc, per_group_metrics, summarize
 from ranker.slices import NEW_ITEM, SLICES, SliceDef, slice_rows, with_new_item_flag
+
+if TYPE_CHECKING:  # ranker.freshness imports this module (its metrics); the result only names the type
+    from ranker.freshness import FreshnessResult
 
 GROUP, LABEL, TIE = "impression_id", "clicked", "_tie"
 
@@ -97,6 +101,8 @@ class EvaluationResult:
     intervals: Intervals
     slices: dict[str, SliceResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The same systems under features as stale as a server's (ranker.freshness); None where not evaluated.
+    freshness: FreshnessResult | None = None
 
     @property
     def baseline(self) -> str | None:
@@ -114,6 +120,12 @@ class EvaluationResult:
         return intervals.get(metric, {}).get(gain_key(reference), {})
 
     def to_json(self) -> dict[str, object]:
+        out = self._core_json()
+        if self.freshness is not None:
+            out["freshness"] = self.freshness.to_json()
+        return out
+
+    def _core_json(self) -> dict[str, object]:
         return {
             "split": self.split,
             "rows": self.rows,
@@ -142,7 +154,13 @@ def tie_break() -> pl.Expr:
 
 def score_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> dict[str, float]:
     """Point metrics of one score per row of ``frame`` (one split), with the report's tie-break."""
-    return _system_metrics(_with_score(frame, scores), "_score")[1]
+    return scored_metrics(frame, scores)[1]
+
+
+def scored_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> tuple[pl.DataFrame, dict[str, float]]:
+    """(per-impression metrics, point metrics) of one score per row of ``frame``, as :func:`evaluate_systems`
+    computes them: what the freshness comparison bootstraps, so its point-in-time row is the report's figure."""
+    return _system_metrics(_with_score(frame, scores), "_score")
 
 
 def per_impression_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
