@@ -54,3 +54,15 @@ def read_split(data_dir: str | Path) -> TimeSplit:
         )
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: bad split file: {exc}") from None
+
+
+def write_split(data_dir: str | Path, split: TimeSplit) -> None:
+    """Move the folder's cut-offs (continual training: the training window follows the data).
+
+    Every reader recomputes a row's split from its ``ts`` and these cut-offs, so nothing else is rewritten.
+    """
+    from features.io import write_json_atomic
+
+    if split.val_start > split.test_start:
+        raise ValueError(f"split: val_start {split.val_start} is after test_start {split.test_start}")
+    write_json_atomic(split.to_json(), Path(data_dir) / SPLIT_FILE)

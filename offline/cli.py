@@ -76,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(append)  # after the positional: the overrides take what is left
     tm = sub.add_parser("textmodel", help="the GPT encoder").add_subparsers(dest="action", required=True)
-    command(tm, "train", "fine-tune on click labels; save the model and interest scores")
+    tm_train = command(tm, "train", "fine-tune on click labels; save the model and interest scores")
+    tm_train.add_argument(
+        "--warm-start",
+        metavar="champion|VERSION",
+        help="start from a registered text model: the one the champion ranker pins, or a textmodel version "
+        "(textmodel.train.warm_start)",
+    )
+    tm_train.add_argument(
+        "--since", metavar="TIME", help="train only on train impressions at or after TIME, UTC (textmodel.train.since)"
+    )
     command(tm, "embed", "re-encode the catalogue with the saved model; rewrite interest scores")
     rk = sub.add_parser("ranker", help="the LambdaRank ranker").add_subparsers(dest="action", required=True)
     command(rk, "train", "fit LambdaRank (tuned on validation) and write the evaluation report")
@@ -89,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=["val", "test"], default="test"
     )
     command(sub, "pipeline", "prepare -> features -> textmodel -> ranker -> evaluate -> register -> promote")
+    command(sub, "replay", "replay the data's last days as production: serve, append, gate, retrain").add_argument(
+        "--days", type=int, help="days replayed (replay.days)"
+    )
     sub.add_parser("serve", help="serve the ranking API (runs python -m serving; see `recrank serve --help`)")
     score = sub.add_parser("score", help="batch-score a parquet of (user, candidates) requests on Ray Data")
     score.__class__ = _IntermixedParser  # `score IN OUT --workers 2 key=value`: options between positionals
@@ -119,6 +131,11 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             out.append(f"data.synthetic.{name}={value}")
+    if args.command == "textmodel" and args.action == "train":
+        for flag, key in (("warm_start", "textmodel.train.warm_start"), ("since", "textmodel.train.since")):
+            value = getattr(args, flag)
+            if value is not None:
+                out.append(f"{key}={value}")
     if args.command == "score":
         for flag, key in (
             ("model_alias", "scoring.model_alias"),
@@ -230,6 +247,11 @@ def run(args: argparse.Namespace) -> int:
         print_decision(registry.rollback(cfg))
     elif args.command == "pipeline":
         run_pipeline(cfg)
+    elif args.command == "replay":
+        from offline.replay import replay
+
+        state, out = replay(cfg, args.days)
+        console.print(f"replayed {len(state.done)} day(s); report: {out}/report.md")
     elif args.command == "score":
         from offline.scoring import score_batch
 

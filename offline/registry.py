@@ -28,6 +28,7 @@ from offline.tracking import git_commit, setup
 from ranker.loading import TEXTMODEL_TAG, ModelPairError, ranker_name, textmodel_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PARENT_TAG = "parent_version"  # a warm-started textmodel version: the version it was started from
 HISTORY_TAG = "champion_history"  # JSON list of champion versions, oldest first
 
 
@@ -57,10 +58,11 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
     from textmodel.mlflow_flavor import ARTIFACT_KEY, TextModelPyfunc
 
     meta = json.loads((folder / "textmodel.json").read_text())
+    parent = {PARENT_TAG: str(meta[PARENT_TAG])} if meta.get(PARENT_TAG) is not None else {}
     example = pd.DataFrame({"history": ["1 2 3", ""], "item_id": ["4", "5"], "text": ["", ""]})
     signature = infer_signature(example, pd.Series([0.1, 0.2], name="interest_score"))
     with mlflow.start_run(run_name="textmodel") as run:
-        mlflow.log_params(_flat("", {"textmodel": meta["config"], "backbone": meta["backbone"]}))
+        mlflow.log_params(_flat("", {"textmodel": meta["config"], "backbone": meta["backbone"], **parent}))
         mlflow.log_metrics({f"impression_auc_{k}": v for k, v in meta["impression_auc"].items()})
         for epoch in meta["train"]["epochs"]:
             mlflow.log_metric("val_impression_auc", epoch["val_metric"], step=epoch["epoch"])
@@ -83,6 +85,7 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
             "data_fingerprint": str(meta.get("data_fingerprint")),
             "git_commit": git_commit(),
             "run_id": run.info.run_id,
+            **parent,
         },
     )
     return str(mv.version)
@@ -109,7 +112,8 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
     from ranker.mlflow_flavor import BUNDLE_KEY, SNAPSHOT_KEY, TEXTMODEL_KEY, RankerPyfunc, write_bundle_folder
 
     client = mlflow.MlflowClient()
-    sample = split_rows(run.frame, "test").head(5)
+    # The input example: test rows, or validation rows when the cut-offs leave no test yet (a replay's retraining).
+    sample = split_rows(run.frame, "test" if (run.frame["split"] == "test").any() else "val").head(5)
     example = sample.select(pl.col("impression_id").alias("request_id"), "user_id", "item_id").to_pandas()
     signature = ModelSignature(  # the text fields are optional: only items outside the text model's table need them
         inputs=Schema(
@@ -260,7 +264,8 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     source, rows = point_in_time(cfg, frame, spec), scoring_rows(frame)
     per = {v: evaluate_version(cfg, client, v, rows, source, frame) for v in (challenger, str(champion))}
     points = {v: summarize(p) for v, p in per.items()}  # one pass per version; keep the metrics, not the counts
-    summary = {v: {m: point[m] for m in METRIC_NAMES} for v, point in points.items()}
+    # The metrics and how many test impressions they stand on (a gate on one day of data says so).
+    summary = {v: {**{m: p[m] for m in METRIC_NAMES}, "impressions": p["impressions"]} for v, p in points.items()}
     _, gains = paired_bootstrap(
         {"challenger": per[challenger], "champion": per[str(champion)]},
         metric,
