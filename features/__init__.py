@@ -1,5 +1,6 @@
 """Canonical data, dataset adapters, the time split and point-in-time behavioural features."""
 
+from features.append import AppendSummary, append_events
 from features.behaviour import (
     FeatureSpec,
     OnlineSnapshot,
@@ -23,11 +24,13 @@ from features.split import TimeSplit, read_split
 __all__ = [
     "IMPRESSIONS_SCHEMA",
     "ITEMS_SCHEMA",
+    "AppendSummary",
     "DataValidationError",
     "FeatureSpec",
     "OnlineSnapshot",
     "PrepareSummary",
     "TimeSplit",
+    "append_events",
     "build_features",
     "build_offline",
     "build_offline_and_snapshot",

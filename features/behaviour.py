@@ -157,7 +157,7 @@ class OnlineSnapshot:
         }
 
 
-def _events(impressions: pl.LazyFrame, items: pl.LazyFrame) -> pl.DataFrame:
+def time_ordered_events(impressions: pl.LazyFrame, items: pl.LazyFrame) -> pl.DataFrame:
     """Impression rows with item attributes, in time order (a stable sort: input order breaks ties)."""
     return (
         impressions.join(
@@ -217,7 +217,11 @@ def _state_columns(rows: pl.DataFrame, spec: FeatureSpec, bounds: tuple[int, int
     ).drop("user_last_click_t")
 
 
-def _offline_frame(events: pl.DataFrame, state: pl.DataFrame, spec: FeatureSpec, split_expr: pl.Expr | None):
+def offline_frame(
+    events: pl.DataFrame, state: pl.DataFrame, spec: FeatureSpec, split_expr: pl.Expr | None
+) -> pl.LazyFrame:
+    """Offline feature rows from time-ordered events and their state, row for row (the full build and an
+    append, :mod:`features.incremental`, both finish here: one derivation of the stored rows)."""
     frame = pl.concat([events, state], how="horizontal").lazy()
     frame = derive(frame.with_columns(pl.len().over("impression_id").cast(pl.Int32).alias("impression_size")), spec)
     keys = ["impression_id", "item_id", "user_id", TS, "clicked"]
@@ -253,13 +257,13 @@ def build_offline_and_snapshot(
     The events and the snapshot's probe rows go through :func:`features.state.entity_state` together,
     so the snapshot is, by construction, the state an impression at the snapshot time would see.
     """
-    events = _events(impressions, items)
+    events = time_ordered_events(impressions, items)
     catalogue = items.select("item_id", "category", "published_at").collect()
     t_min, t_max = int(events[T].min()), int(events[T].max())
     probes = _probes(events, catalogue, t_max + 1)
     rows = pl.concat([events.select(probes.columns), probes])
     state = _state_columns(rows, spec, (t_min, t_max + 1), catalogue.height)
-    offline = _offline_frame(events, state.slice(0, events.height), spec, split_expr)
+    offline = offline_frame(events, state.slice(0, events.height), spec, split_expr)
     snapshot = _snapshot(probes, state.slice(events.height), catalogue, t_max + 1)
     return offline, snapshot
 
@@ -268,9 +272,9 @@ def build_offline(
     impressions: pl.LazyFrame, items: pl.LazyFrame, spec: FeatureSpec, split_expr: pl.Expr | None = None
 ) -> pl.LazyFrame:
     """One row per impression row (time order): keys, label, split and every feature from events before ``ts``."""
-    events = _events(impressions, items)
+    events = time_ordered_events(impressions, items)
     state = _state_columns(events, spec, (int(events[T].min()), int(events[T].max())), _height(items))
-    return _offline_frame(events, state, spec, split_expr)
+    return offline_frame(events, state, spec, split_expr)
 
 
 def build_snapshot(impressions: pl.LazyFrame, items: pl.LazyFrame, spec: FeatureSpec) -> OnlineSnapshot:

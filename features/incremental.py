@@ -26,8 +26,8 @@ import polars as pl
 from features.behaviour import (
     FeatureSpec,
     OnlineSnapshot,
-    _events,
-    _offline_frame,
+    offline_frame,
+    time_ordered_events,
 )
 from features.online import USER_STATE
 from features.state import EVENT, T, encode_time, entity_state, key_code
@@ -56,9 +56,9 @@ def advance(
     up to the snapshot. ``catalogue``: every item after the append (``item_id``, ``category``,
     ``published_at``).
     """
-    events = _events(new.lazy(), catalogue.lazy())
+    events = time_ordered_events(new.lazy(), catalogue.lazy())
     state = _batch_state(events, snapshot, trailing, spec)
-    offline = _offline_frame(events, state, spec, split_expr).collect()
+    offline = offline_frame(events, state, spec, split_expr).collect()
     return offline, _next_snapshot(snapshot, events, trailing, catalogue, spec)
 
 
