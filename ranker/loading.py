@@ -154,6 +154,31 @@ def check_snapshot(
         )
 
 
+def read_snapshot_version(data_dir: str | Path, snapshot_id: str) -> OnlineSnapshot:
+    """Snapshot version ``snapshot_id`` of ``data_dir`` (``snapshots/<id>/``, or a legacy root-level one).
+
+    By id, not "whatever is current when the read happens": a commit between a poll and the read must not
+    serve one version under another's id.
+    """
+    from features.store import SNAPSHOTS_DIR
+
+    folder = Path(data_dir) / SNAPSHOTS_DIR / snapshot_id
+    snapshot = read_snapshot(folder if folder.is_dir() else data_dir)
+    if snapshot.snapshot_id != snapshot_id:
+        raise FileNotFoundError(f"{data_dir}: no snapshot version {snapshot_id} (found {snapshot.snapshot_id})")
+    return snapshot
+
+
+def ranker_fingerprint(client, prefix: str, version: str) -> str | None:
+    """The data fingerprint ranker ``version`` was trained on (its registry tag), without loading the model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(ranker_name(prefix), version).tags.get("data_fingerprint")
+    except MlflowException as exc:
+        raise ModelPairError(f"{ranker_name(prefix)} version {version} is not available: {exc.message}") from None
+
+
 def textmodel_folder(client, prefix: str, version: str) -> Path:
     """Download (or find in the local artifact store) the trained folder of a textmodel version."""
     import mlflow.artifacts

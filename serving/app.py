@@ -31,7 +31,16 @@ from features.behaviour import OnlineSnapshot
 from ranker.pipeline import Candidate, RankingRequestError
 from serving.limits import BodySizeLimit, describe_validation_errors
 from serving.models import ModelHolder
-from serving.schemas import ErrorBody, Health, RankedItem, RankResponse, Readiness, request_model_for
+from serving.schemas import (
+    ErrorBody,
+    Health,
+    RankedItem,
+    RankResponse,
+    Readiness,
+    SnapshotInfo,
+    VersionInfo,
+    request_model_for,
+)
 
 log = logging.getLogger("recrank.serving")
 
@@ -88,6 +97,12 @@ def curl_example(host: str, port: int, body: dict[str, object], auth: bool) -> s
     return f"curl -s http://{host}:{port}/rank -H 'Content-Type: application/json'{header} -d '{json.dumps(body)}'"
 
 
+def served_snapshot(holder: ModelHolder) -> SnapshotInfo | None:
+    """The served snapshot version, its time, when it was loaded and its age now (None before a pair loads)."""
+    served = holder.state.snapshot
+    return None if served is None else SnapshotInfo(**served.to_json())
+
+
 def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = None) -> FastAPI:
     """The API over ``holder``'s current pipeline. The bearer token is read from ``cfg.auth_token_env`` now."""
     token = os.environ.get(cfg.auth_token_env) or None
@@ -131,12 +146,22 @@ def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = N
             loaded_at=s.loaded_at,
             last_check=s.last_check,
             reload_error=s.reload_error,
+            snapshot=served_snapshot(holder),
+            snapshot_check=s.snapshot_check,
+            snapshot_error=s.snapshot_error,
         )
         return JSONResponse(status_code=200 if holder.ready else 503, content=body.model_dump())
 
-    @app.get("/version", dependencies=authorised, responses={401: ERRORS[401]}, summary="Served versions")
-    async def version_info() -> dict[str, object]:
-        return {"recrank": app.version, "alias": holder.state.alias, "models": holder.state.versions}
+    @app.get(
+        "/version",
+        response_model=VersionInfo,
+        dependencies=authorised,
+        responses={401: ERRORS[401]},
+        summary="Served versions",
+    )
+    async def version_info() -> VersionInfo:
+        s = holder.state
+        return VersionInfo(recrank=app.version, alias=s.alias, models=s.versions, snapshot=served_snapshot(holder))
 
     @app.post(
         "/rank",

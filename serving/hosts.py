@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 
 from conf import Config
-from ranker.loading import load_configured_pipeline, registry_client, resolve_alias
-from serving.models import ModelHolder
+from ranker.loading import load_configured_pipeline, ranker_fingerprint, registry_client, resolve_alias
+from serving.models import ModelHolder, folder_snapshots
 
 log = logging.getLogger("recrank.serving")
 
@@ -33,15 +33,19 @@ def registry_holder(cfg: Config, encoder_elsewhere: bool = False) -> ModelHolder
     def load(version: str):
         return load_configured_pipeline(cfg, version, device, table_only=encoder_elsewhere)
 
-    return ModelHolder(alias, resolve, load)
+    def fingerprint(version: str) -> str | None:
+        return ranker_fingerprint(registry_client(cfg), cfg.mlflow.model_prefix, version)
+
+    return ModelHolder(alias, resolve, load, folder_snapshots(cfg.data.dir, fingerprint))
 
 
 def start_holder(cfg: Config, encoder_elsewhere: bool = False) -> ModelHolder:
-    """Load the served pair now (a failure is logged and reported on /readyz) and keep polling the alias."""
+    """Load the served pair now (a failure is logged and reported on /readyz); keep polling the alias and the
+    data folder's snapshot version."""
     holder = registry_holder(cfg, encoder_elsewhere)
     if not holder.refresh():
         log.error("no model pair loaded yet: %s (serving 503 until one loads)", holder.state.reload_error)
-    holder.start_polling(cfg.serving.reload_interval_s)
+    holder.start_polling(cfg.serving.reload_interval_s, cfg.serving.snapshot_refresh_s)
     return holder
 
 

@@ -26,11 +26,20 @@ class RankResponse(BaseModel):
     items: list[RankedItem] = Field(description="Candidates sorted by score (the top k when k is given).")
     cold_start_user: bool = Field(description="True when the user has no events: scored by the cold-start path.")
     encoded_items: int = Field(description="Candidates encoded from their text (not in the embedding table).")
-    versions: dict[str, str] = Field(description="Registered model versions used: ranker and textmodel.")
+    versions: dict[str, str] = Field(
+        description="Versions used for this response: ranker, textmodel and the snapshot its features came from."
+    )
 
 
 class Health(BaseModel):
     status: str
+
+
+class SnapshotInfo(BaseModel):
+    id: str | None = Field(description="The served snapshot version (its content id; null for a legacy one).")
+    as_of: str = Field(description="Just after the snapshot's last event (UTC, ISO 8601).")
+    loaded_at: str = Field(description="When this server started serving it (UTC, ISO 8601).")
+    age_s: float = Field(description="Seconds from as_of to now: how stale the served features are.")
 
 
 class Readiness(BaseModel):
@@ -40,6 +49,18 @@ class Readiness(BaseModel):
     loaded_at: str | None = Field(description="When the served pair was loaded (UTC, ISO 8601).")
     last_check: str | None = Field(description="When the registry alias was last polled.")
     reload_error: str | None = Field(description="Why the last load failed (the previous pair keeps serving).")
+    snapshot: SnapshotInfo | None = Field(default=None, description="The served snapshot version (null before a pair).")
+    snapshot_check: str | None = Field(default=None, description="When the data folder was last polled for one.")
+    snapshot_error: str | None = Field(
+        default=None, description="Why the newest snapshot version is not served (the previous one keeps serving)."
+    )
+
+
+class VersionInfo(BaseModel):
+    recrank: str
+    alias: str
+    models: dict[str, str] = Field(description="The served versions: ranker, textmodel and snapshot.")
+    snapshot: SnapshotInfo | None = Field(default=None, description="The served snapshot version (null before a pair).")
 
 
 class ErrorBody(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_another_data_set_is_refused(written: Path) -> None:
 
 def test_a_server_keeps_its_bundle_when_the_new_one_does_not_match(written: Path) -> None:
     """A promotion to a ranker whose snapshot does not match: the reload fails, the old bundle keeps serving."""
-    served = type("Bundle", (), {"versions": {"ranker": "1"}})()
+    served = types.SimpleNamespace(versions={"ranker": "1"}, snapshot=read_snapshot(written))  # a stand-in bundle
     target = {"version": "1"}
 
     def load(version: str):

@@ -50,11 +50,15 @@ def test_rank_through_ray_serve_equals_the_pipeline(served, holder: ModelHolder)
         assert http.get("/readyz").json()["ready"]
         cached = http.post("/rank", json={"user_id": user, "candidates": items}).json()
         mixed = http.post("/rank", json={"user_id": user, "candidates": [*items[:5], *new]}).json()
+        served_snapshot = http.get("/version").json()["snapshot"]
     want = holder.current.score(user, [Candidate(i) for i in items])
     got = {x["item_id"]: x["score"] for x in cached["items"]}
     assert [got[i] for i in items] == want.tolist()  # identical floats: the same pipeline in the ingress
     assert cached["versions"] == {"ranker": "1", "textmodel": "1", "snapshot": SNAPSHOT_ID}
     assert cached["encoded_items"] == 0
+    # The ingress reports the snapshot version it serves (and follows the data folder's: serving.snapshot_refresh_s).
+    assert served_snapshot["id"] == cached["versions"]["snapshot"] == holder.current.versions["snapshot"]
+    assert served_snapshot["as_of"] == holder.current.snapshot.as_of.isoformat()
     # Unseen items are encoded by the encoder deployment in a batch with other texts: padding differs from
     # encoding them here, so equal to float32 rounding, not bit for bit.
     local = holder.current.score(user, [*(Candidate(i) for i in items[:5]), *(Candidate(**n) for n in new)])
