@@ -32,9 +32,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from conf import Config
+from conf.progress import progress as show_progress
+from conf.progress import say
 from features.io import write_json_atomic
 
 STATE_FILE = "state.json"
@@ -78,7 +79,7 @@ def _replay_config(cfg: Config, folder: Path) -> Config:
     return out
 
 
-def set_up(cfg: Config, folder: Path, days: int) -> ReplayState:
+def set_up(cfg: Config, folder: Path, days: int, progress: bool = True) -> ReplayState:
     """The replay's data folder: history before the window, the window's days as files, models trained."""
     from features import prepare_dataset, read_impressions, read_items
     from features.split import TimeSplit, write_split
@@ -109,7 +110,7 @@ def set_up(cfg: Config, folder: Path, days: int) -> ReplayState:
 
     shutil.copytree(snapshot_dir(rcfg.data.dir), folder / FROZEN_DIR, dirs_exist_ok=True)
     state = ReplayState(window=window, parent_cutoff=split.val_start.isoformat())
-    version = _train_and_register(rcfg, warm_start=False, since=None)
+    version = _train_and_register(rcfg, warm_start=False, since=None, progress=progress)
     from offline import registry
 
     decision = registry.promote(rcfg, force=True)
@@ -130,7 +131,7 @@ def _write_days(out: Path, events: pl.DataFrame, held: pl.DataFrame, first: pl.D
             new.write_parquet(out / f"{date}-items.parquet")
 
 
-def _train_and_register(cfg: Config, warm_start: bool, since: str | None) -> str:
+def _train_and_register(cfg: Config, warm_start: bool, since: str | None, progress: bool = True) -> str:
     """Train the text model (when the ranker reads it) and the ranker on the folder's cut-offs; register both."""
     from offline import ranker_stage, registry, textmodel_stage
     from offline.textmodel_stage import model_dir
@@ -141,7 +142,7 @@ def _train_and_register(cfg: Config, warm_start: bool, since: str | None) -> str
         tcfg = cfg.model_copy(deep=True)
         tcfg.textmodel.train.warm_start = "champion" if warm_start else None
         tcfg.textmodel.train.since = datetime.fromisoformat(since) if (warm_start and since) else None
-        textmodel_stage.train_textmodel(tcfg, progress=False)
+        textmodel_stage.train_textmodel(tcfg, progress=progress)
         setup(cfg)
         text_version = registry.register_textmodel(cfg, model_dir(cfg))
     run = ranker_stage.train_ranker(cfg)
@@ -219,7 +220,7 @@ def _set_cutoffs(cfg: Config, test_start: datetime) -> None:
     )
 
 
-def run_day(cfg: Config, folder: Path, state: ReplayState, index: int) -> None:
+def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress: bool = True) -> None:
     """Serve, append, gate, retrain (see the module docstring) for ``state.window[index]``."""
     from offline import registry
 
@@ -250,7 +251,8 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int) -> None:
     if (index + 1) % cfg.replay.retrain_every_days == 0 and not last_day:
         cutoff = day_start + timedelta(days=1)
         _set_cutoffs(cfg, cutoff)
-        version = _train_and_register(cfg, cfg.replay.warm_start, state.parent_cutoff)
+        say(f"replay {date}: training a challenger (cut-off {cutoff.date()})", progress)
+        version = _train_and_register(cfg, cfg.replay.warm_start, state.parent_cutoff, progress)
         state.trainings.append(
             {
                 "day": date,
@@ -277,11 +279,19 @@ def replay(cfg: Config, days: int | None = None, progress: bool = True) -> tuple
         raise ValueError(f"{folder}: a replay of {len(state.window)} days is there; remove it to replay {days}")
     if state is None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = set_up(cfg, folder, days)
+        say(f"replay set-up in {folder}: history before the last {days} days, both models trained", progress)
+        state = set_up(cfg, folder, days, progress)
         state.write(folder)
     rcfg = _replay_config(cfg, folder)
     todo = [i for i, date in enumerate(state.window) if date not in state.done]
-    for index in tqdm(todo, desc="replay", unit="day", disable=None if progress else True):
-        run_day(rcfg, folder, state, index)
+    for index in show_progress(todo, desc="replay days", enabled=progress):
+        run_day(rcfg, folder, state, index, progress)
         state.write(folder)
+        day = state.daily[-1]
+        say(
+            f"replay {day['day']}: champion {day['champion']} AUC refreshed {day['refreshed']['auc']:.4f} "
+            f"frozen {day['frozen']['auc']:.4f}; "
+            + (f"gate: {state.decisions[-1]['reason']}" if state.decisions[-1]["day"] == day["day"] else "no gate"),
+            progress,
+        )
     return state, write_replay_report(state, folder)

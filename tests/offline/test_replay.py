@@ -29,12 +29,12 @@ def replayed(tmp_path_factory) -> tuple[Path, ReplayState, list[ReplayState]]:
     cfg = load_config(None, args)
     real, seen = replay_module.run_day, []
 
-    def killed_in_day_3(cfg, folder, state, index):
+    def killed_in_day_3(cfg, folder, state, index, progress=True):
         if index == 2 and not seen:
             seen.append(ReplayState(**json.loads((folder / "state.json").read_text())))
             replay_module._append_day(cfg, folder, state.window[index])  # it got as far as the append
             raise KeyboardInterrupt
-        return real(cfg, folder, state, index)
+        return real(cfg, folder, state, index, progress)
 
     replay_module.run_day = killed_in_day_3
     try:
