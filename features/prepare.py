@@ -30,6 +30,7 @@ from features.schema import (
     validate,
 )
 from features.split import SPLIT_FILE, TimeSplit, split_from_range
+from features.store import STORE_FILE, StoreState
 
 MANIFEST_FILE = "manifest.json"
 
@@ -89,7 +90,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PrepareSummary:
     with contextlib.ExitStack() as stack:
         tmp = {
             name: stack.enter_context(atomic_path(out / name))
-            for name in (MANIFEST_FILE, SPLIT_FILE, ITEMS_FILE, IMPRESSIONS_FILE)
+            for name in (MANIFEST_FILE, SPLIT_FILE, ITEMS_FILE, IMPRESSIONS_FILE, STORE_FILE)
         }
         items.write_parquet(tmp[ITEMS_FILE], compression="zstd")
         writer = None
@@ -136,6 +137,9 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> PrepareSummary:
             serving_unknown=SERVING_UNKNOWN.get(cfg.dataset, ()),
         )
         tmp[MANIFEST_FILE].write_text(json.dumps({**summary.to_json(), "info": tables.info}, indent=2) + "\n")
+        # A fresh committed state: the parts and snapshot versions of earlier appends belong to the old data
+        # (the next `features build` commit sweeps their files).
+        tmp[STORE_FILE].write_text(json.dumps(StoreState().to_json(), indent=2) + "\n")
     return summary
 
 

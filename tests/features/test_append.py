@@ -198,3 +198,15 @@ def test_old_snapshot_versions_are_pruned_by_retention(world, tmp_path: Path) ->
     assert len(state.snapshots) == 2 and state.snapshots[-1] == state.snapshot
     assert sorted(p.name for p in (data / "snapshots").iterdir()) == sorted(state.snapshots)
     assert (data / STORE_FILE).is_file()
+
+
+def test_preparing_the_folder_again_drops_the_appended_parts(folder, world) -> None:
+    data, path = folder
+    append_events(data, path, SPEC)
+    cfg = load_config(None, ["data.dataset=canonical", f"data.source={data.parent / 'source'}", f"data.dir={data}"])
+    prepare_dataset(cfg.data, progress=False)  # the same source again: the folder holds batch A only
+    assert read_impressions(data).collect().height == world[4].height
+    with pytest.raises(FileNotFoundError, match="features build"):
+        read_snapshot(data)
+    build_features(data, SPEC)
+    assert not (data / "parts").exists() or not any((data / "parts").iterdir())  # swept by the build's commit
