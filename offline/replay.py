@@ -257,7 +257,7 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress:
             {
                 "day": date,
                 "ranker": version,
-                "warm_start": cfg.replay.warm_start,
+                "warm_start": cfg.replay.warm_start and cfg.ranker.use_text,
                 "cutoff": cutoff.isoformat(),
                 "since": state.parent_cutoff,
             }
