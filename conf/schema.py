@@ -364,7 +364,8 @@ class RayConfig(_Strict):
     """Where Ray runs. Local by default, bound to loopback; an address joins an existing cluster."""
 
     address: str | None = Field(
-        description="null: start a local Ray on this machine; 'auto' or 'ray://host:10001' joins a running cluster."
+        description="null: start a local Ray on this machine; the cluster's GCS address 'HEAD_IP:6379' (or 'auto' "
+        "on one of its nodes) joins a running cluster. Ray Client ('ray://') is untested."
     )
     host: str = Field(description="Interface a local Ray binds to (loopback unless you mean to expose it).")
     num_cpus: int | None = Field(gt=0, description="CPUs a local Ray may use; null = all.")

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("output", type=Path, help="output parquet folder (replaced only when the job succeeds)")
     score.add_argument("--data", type=Path, help="data folder (data.dir)")
     score.add_argument("--model-alias", help="registry alias to score with (scoring.model_alias)")
-    score.add_argument("--address", help="Ray cluster to join, e.g. ray://HOST:10001 (ray.address)")
+    score.add_argument(
+        "--address", help="Ray cluster to join: its GCS address HEAD_IP:6379, or auto on a node (ray.address)"
+    )
     score.add_argument("--workers", type=int, help="pipeline actors (scoring.workers)")
     score.add_argument("--skip-bad-rows", action="store_true", help="write bad rows to OUTPUT/_rejects.parquet")
     _common(score)  # after the positionals: the overrides take what is left
@@ -296,7 +298,7 @@ def print_decision(decision) -> None:
 def print_scoring(summary) -> None:
     versions = summary.versions
     table = Table(title=f"batch scoring -> {summary.output}")
-    for head in ("rows", "requests", "rows/s", "rejects", "workers", "shards (reused)", "models", "seconds"):
+    for head in ("rows", "requests", "rows/s", "rejects", "workers", "nodes", "shards (reused)", "models", "seconds"):
         table.add_column(head)
     table.add_row(
         f"{summary.rows:,}",
@@ -304,6 +306,7 @@ def print_scoring(summary) -> None:
         f"{summary.rows_per_s:,.0f}",
         f"{summary.rejects:,}",
         str(summary.workers),
+        ", ".join(f"{n[:8]} ({len(v['shards'])})" for n, v in sorted(summary.nodes.items())) or "-",
         f"{summary.shards} ({summary.shards_reused})",
         f"ranker {versions['ranker']} + textmodel {versions.get('textmodel') or '-'} (@{summary.model_alias})",
         f"{summary.seconds:.1f}",

@@ -36,6 +36,8 @@ class ScoreSummary:
     ``seconds`` is the whole call; ``seconds_scoring`` runs from Ray start-up to the last part written and
     ``rows_per_s`` is the rows scored by this run over it; ``worker_seconds`` is the time the actors spent
     in scoring calls, summed over actors (rows / worker_seconds = one actor's rate while busy).
+    ``nodes`` maps each Ray node id that scored shards (in this run or the one resumed) to its shards and
+    rows: on a cluster it shows where the work ran.
     """
 
     output: str
@@ -51,6 +53,7 @@ class ScoreSummary:
     seconds_scoring: float
     rows_per_s: float
     worker_seconds: float
+    nodes: dict[str, dict] = field(default_factory=dict)
     job: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -149,7 +152,7 @@ def score_batch(
                 _check_local_resources(cfg)
 
             def write(shard: int, scored: pl.DataFrame) -> None:
-                staging.write_part(stage, shard, scored)
+                staging.write_part(stage, shard, scored, scored["_node"][0])
                 bar.update(1)
 
             busy = run_shards(cfg, versions["ranker"], sorted(todo, key=lambda t: t[0]), write)
@@ -179,6 +182,7 @@ def score_batch(
         seconds_scoring=scoring_seconds,
         rows_per_s=scored_rows / scoring_seconds if scored_rows else 0.0,
         worker_seconds=busy,
+        nodes=staging.part_nodes(stage),
         job=job,
     )
     summary.seconds = time.perf_counter() - start

@@ -3,7 +3,9 @@
 Layout, next to OUTPUT while the job runs::
 
     OUTPUT.partial/_job.json           what the parts were computed from (input fingerprint, models, shards)
-    OUTPUT.partial/part-00000.parquet  one shard's scored rows, written through a temporary file + rename
+    OUTPUT.partial/part-00000.parquet  one shard's scored rows, written through a temporary file + rename;
+                                       its parquet key-value metadata ``recrank.node_id`` names the Ray node
+                                       that scored it (the columns stay the output schema)
 
 A part file exists only when its shard is complete, so after a crash the same command finds the finished
 shards and scores only the rest. A staging folder made for a different job (another input, other model
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import polars as pl
 
-from features.io import write_json_atomic, write_parquet_atomic
+from features.io import atomic_path, write_json_atomic, write_parquet_atomic
 
 JOB_FILE = "_job.json"
 MANIFEST_FILE = "_manifest.json"
 REJECTS_FILE = "_rejects.parquet"
 OUTPUT_COLUMNS = ("request_id", "user_id", "item_id", "score", "rank", "ranker_version", "textmodel_version")
+NODE_KEY = "recrank.node_id"  # parquet key-value metadata of a part: the Ray node that scored it
 
 
 class ScoringCheckError(ValueError):
@@ -80,8 +83,28 @@ def drop_if_empty(staging: Path) -> None:
         shutil.rmtree(staging)
 
 
-def write_part(staging: Path, shard: int, scored: pl.DataFrame) -> Path:
-    return write_parquet_atomic(scored.select(OUTPUT_COLUMNS), part_path(staging, shard))
+def write_part(staging: Path, shard: int, scored: pl.DataFrame, node_id: str | None = None) -> Path:
+    """Write one shard's part; ``node_id`` goes into the file's metadata, so a part keeps its provenance
+    through a resumed job without a column that readers of the output would see."""
+    path = part_path(staging, shard)
+    with atomic_path(path) as tmp:
+        scored.select(OUTPUT_COLUMNS).write_parquet(
+            tmp, compression="zstd", statistics=True, metadata={NODE_KEY: node_id} if node_id else None
+        )
+    return path
+
+
+def part_nodes(staging: Path) -> dict[str, dict]:
+    """``{node id: {"shards": [...], "rows": n}}`` over the parts in ``staging`` (footers only); parts
+    written without a node id are left out."""
+    out: dict[str, dict] = {}
+    for path in sorted(staging.glob("part-*.parquet")):
+        node = pl.read_parquet_metadata(path).get(NODE_KEY)
+        if node is not None:
+            entry = out.setdefault(node, {"shards": [], "rows": 0})
+            entry["shards"].append(int(path.stem.split("-")[1]))
+            entry["rows"] += _part_rows(path) or 0
+    return out
 
 
 def check_parts(staging: Path, expected: pl.DataFrame, versions: dict[str, str | None]) -> pl.DataFrame:

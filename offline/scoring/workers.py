@@ -20,6 +20,8 @@ from conf import Config
 from offline.scoring.inputs import TEXT_COLUMNS
 from ranker.pipeline import RankingPipeline
 
+ACTOR_START_TIMEOUT_S = 600  # long enough for an autoscaler (KubeRay) to add a node for the pool
+
 
 def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
     """Score and rank every request in ``rows`` (whole requests, in input order) with one call of the
@@ -72,9 +74,12 @@ class PipelineActor:
     """A Ray Data actor: ``__init__`` loads the pipeline of ranker ``version``; ``__call__`` scores shards."""
 
     def __init__(self, cfg: Config, version: str) -> None:
+        import ray
+
         from ranker.loading import load_configured_pipeline
 
         self.pipeline = load_configured_pipeline(cfg, version)  # the same loader as the API
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
@@ -82,7 +87,11 @@ class PipelineActor:
         scored = score_rows(self.pipeline, rows)
         # Time spent in this actor, spread over the rows: summed by the driver into worker-seconds.
         cost = (time.perf_counter() - start) / max(scored.height, 1)
-        return scored.with_columns(pl.lit(cost, dtype=pl.Float64).alias("_cost")).to_arrow()
+        return scored.with_columns(
+            pl.lit(cost, dtype=pl.Float64).alias("_cost"),
+            # The Ray node that scored the shard (a dictionary column: one string per block, not per row).
+            pl.lit(self.node_id, dtype=pl.Categorical).alias("_node"),
+        ).to_arrow()
 
 
 def run_shards(
@@ -91,8 +100,9 @@ def run_shards(
     """Score ``shards`` on the running Ray with ``cfg.scoring.workers`` pipeline actors.
 
     Results stream back to the driver as actors finish; ``on_shard(shard, scored)`` is called once per
-    shard, as soon as all of its rows have arrived (output blocks may cut or join shards). Returns the
-    seconds the actors spent scoring, summed over actors.
+    shard, as soon as all of its rows have arrived (output blocks may cut or join shards); ``scored`` has a
+    ``_node`` column, the id of the Ray node whose actor scored the shard. Returns the seconds the actors
+    spent scoring, summed over actors.
     """
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -102,6 +112,10 @@ def run_shards(
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller shows one bar over shards
     ctx.print_on_execution_start = False
+    # Start every actor before the first shard is dispatched (Ray Data's default dispatches to the first one
+    # up, which on a cluster can take every shard of a short job while the others still load); a pool that
+    # the cluster cannot place then fails after this long instead of waiting forever.
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     expected = {k: rows.height for k, rows in shards}
     schema = pa.schema([("shard", pa.int64()), ("rows", pa.large_binary())])
     dataset = ray.data.from_arrow([pa.Table.from_pylist([pack_shard(k, rows)], schema=schema) for k, rows in shards])
