@@ -83,3 +83,27 @@ def test_a_killed_replay_resumes_at_the_day_it_was_in(replayed) -> None:
     _, state, seen = replayed
     assert seen and seen[0].done == state.window[:2]  # killed in day 3 with two days done
     assert state.daily[2]["append"]["rows"] == 0 and state.daily[2]["append"]["skipped_rows"] > 0
+
+
+@pytest.mark.slow
+def test_a_replay_with_the_text_model_warm_starts_each_challenger(tmp_path: Path, model_cache: Path) -> None:
+    """Two days with the tiny text model: the challenger's text model starts from the champion's, on the new days."""
+    from sample_data import TEXT_OVERRIDES
+
+    from ranker.loading import registry_client
+
+    args = [*TINY_SYNTHETIC, *TEXT_OVERRIDES, *SERVED_RANKER_OVERRIDES, f"data.dir={tmp_path / 'd'}"]
+    args += [f"textmodel.cache_dir={model_cache}", "replay.days=2", "replay.retrain_every_days=1", "replay.val_days=2"]
+    assert main(["data", "prepare", *args]) == 0
+    state, _ = replay(load_config(None, args), progress=False)
+    training = state.trainings[1]
+    assert training["warm_start"] and training["since"] is not None
+    folder = tmp_path / "d-replay" / "data"
+    meta = json.loads((folder / "textmodel" / "textmodel.json").read_text())
+    assert meta["parent_version"] == "1" and meta["train_window"]["since"].startswith(training["since"][:10])
+    phases = {e["phase"] for e in meta["train"]["epochs"]}
+    assert phases == {"init", "fine-tune"}  # no probe: the towers came from the parent
+    cfg = load_config(None, [*args, f"data.dir={folder}"])
+    client = registry_client(cfg)
+    assert client.get_model_version("recrank-textmodel", "2").tags["parent_version"] == "1"
+    assert [d["day"] for d in state.decisions] == [None, state.window[1]]
