@@ -94,6 +94,7 @@ def test_canonical_adapter_round_trip(tmp_path: Path) -> None:
         "items.parquet",
         "manifest.json",
         "split.json",
+        "tables.json",  # the committed state: the base files, no appended parts yet
     ]
     assert pl.read_parquet(out / "impressions.parquet").height == 3
 
