@@ -322,6 +322,18 @@ class LightGBMParams(_Strict):
     lambdarank_truncation_level: int = Field(gt=0, description="Positions that contribute to the lambda gradients.")
 
 
+class RankerDistributedConfig(_Strict):
+    """LightGBM's own data-parallel training across Ray actors (``ranker/distributed.py``)."""
+
+    workers: int = Field(
+        gt=0,
+        description="LightGBM workers (Ray actors, one CPU each); 1 = the in-process fit. Whole impressions "
+        "stay on one worker; every worker sees the full validation split.",
+    )
+    threads_per_worker: int = Field(gt=0, description="LightGBM threads (and Ray CPUs) of each worker.")
+    timeout_s: int = Field(gt=0, description="How long the fit may take (and LightGBM's network time-out, minutes).")
+
+
 class RankerConfig(_Strict):
     """The LightGBM LambdaRank ranker over behavioural features and the interest score."""
 
@@ -341,6 +353,7 @@ class RankerConfig(_Strict):
     )
     seed: int = Field(description="Seed of LightGBM's sampling.")
     params: LightGBMParams
+    distributed: RankerDistributedConfig
     tune: dict[str, list[float]] = Field(
         description="Grid over LightGBM params, picked by validation nDCG@10 (empty = no tuning)."
     )

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from conf import Config
+from conf.runtime import start_ray
 from features import (
     FeatureSpec,
     read_features,
@@ -69,15 +70,24 @@ def train_ranker(cfg: Config) -> RankerRun:
     items = read_items(cfg.data.dir).collect()
     inputs = RankerInputs.build(spec, cfg.ranker, items, serving_unknown=serving_unknown_columns(cfg.data.dir))
     frame = load_ranking_frame(cfg, inputs)
-    fit = fit_ranker(fit_rows(frame, cfg.ranker.train_split, inputs), split_rows(frame, "val"), inputs, cfg.ranker)
-    run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
-    if inputs.uses_text:
-        plain_cfg = cfg.ranker.model_copy(update={"use_text": False})
-        plain = RankerInputs.build(spec, plain_cfg, items, serving_unknown=serving_unknown_columns(cfg.data.dir))
-        run.features_only = fit_ranker(
-            fit_rows(frame, plain_cfg.train_split, plain), split_rows(frame, "val"), plain, plain_cfg
-        )
-        run.features_only_inputs = plain
+    # ranker.distributed.workers > 1: fit_ranker runs LightGBM on Ray actors; Ray is started here from `ray`
+    # (or joined at ray.address) and shut down after, when this call started it
+    started = cfg.ranker.distributed.workers > 1 and start_ray(cfg.ray)
+    try:
+        fit = fit_ranker(fit_rows(frame, cfg.ranker.train_split, inputs), split_rows(frame, "val"), inputs, cfg.ranker)
+        run = RankerRun(fit=fit, inputs=inputs, spec=spec, frame=frame)
+        if inputs.uses_text:
+            plain_cfg = cfg.ranker.model_copy(update={"use_text": False})
+            plain = RankerInputs.build(spec, plain_cfg, items, serving_unknown=serving_unknown_columns(cfg.data.dir))
+            run.features_only = fit_ranker(
+                fit_rows(frame, plain_cfg.train_split, plain), split_rows(frame, "val"), plain, plain_cfg
+            )
+            run.features_only_inputs = plain
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     save_ranker(run, Path(cfg.data.dir) / RANKER_DIR)
     return run
 

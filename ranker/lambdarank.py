@@ -66,27 +66,40 @@ def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> _Datas
     return _Dataset(model_matrix(part, inputs), part[LABEL].to_numpy(), sizes, base_margin(part, inputs))
 
 
+def estimator_params(params: dict, cfg: RankerConfig) -> dict:
+    """The ``LGBMRanker`` arguments of one grid setting: the one definition for the in-process and the
+    distributed fit (:mod:`ranker.distributed`), so the two cannot drift apart."""
+    return {
+        "objective": "lambdarank",
+        "label_gain": [0.0, 1.0],
+        "random_state": cfg.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "subsample_freq": 1 if params["subsample"] < 1 else 0,
+        "verbose": -1,
+        **params,
+    }
+
+
 def fit_ranker(
     train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
 ) -> FitResult:
     """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10 (a line per
-    setting in logs: each can take minutes on a large table)."""
+    setting in logs: each can take minutes on a large table).
+
+    ``ranker.distributed.workers > 1``: the same fit with LightGBM's data-parallel network mode on Ray actors
+    (:func:`ranker.distributed.fit_distributed`; Ray must be up)."""
+    if cfg.distributed.workers > 1:
+        from ranker.distributed import fit_distributed
+
+        return fit_distributed(train, val, inputs, cfg, progress)
     start = time.perf_counter()
     fit_on, val_on = _dataset(train, inputs, cfg.max_group_rows), _dataset(val, inputs, cfg.max_group_rows)
     categorical = [inputs.features.index(c) for c in inputs.categorical]
     best: FitResult | None = None
     trials = []
     for params in _grid(cfg):
-        model = lgb.LGBMRanker(
-            objective="lambdarank",
-            label_gain=[0.0, 1.0],
-            random_state=cfg.seed,
-            deterministic=True,
-            force_row_wise=True,
-            subsample_freq=1 if params["subsample"] < 1 else 0,
-            verbose=-1,
-            **params,
-        )
+        model = lgb.LGBMRanker(**estimator_params(params, cfg))
         model.fit(
             fit_on.x,
             fit_on.y,
