@@ -95,24 +95,12 @@ class _Worker:
         return host, _free_port(host)
 
     def fit(
-        self, estimator: dict[str, Any], network: dict[str, Any], eval_at: tuple[int, ...], rounds: int
+        self, estimator: dict[str, Any], network: dict[str, Any], rounds: int
     ) -> tuple[str | None, int, float]:
+        from ranker.lambdarank import fit_model
+
         model = lgb.LGBMRanker(**estimator, **network)
-        t, v = self.train, self.val
-        model.fit(
-            t.x,
-            t.y,
-            group=t.group_sizes,
-            init_score=t.init_score,
-            eval_X=(v.x,),
-            eval_y=(v.y,),
-            eval_group=[v.group_sizes],
-            eval_init_score=[v.init_score],
-            eval_at=eval_at,
-            feature_name=self.feature_names,
-            categorical_feature=self.categorical,
-            callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
-        )
+        fit_model(model, self.train, self.val, list(self.feature_names), list(self.categorical), rounds)
         text = model.booster_.model_to_string() if self.rank == 0 else None
         return text, int(model.best_iteration_), float(model.best_score_["valid_0"]["ndcg@10"])
 
@@ -123,7 +111,7 @@ def fit_distributed(
     """:func:`ranker.lambdarank.fit_ranker` over ``cfg.distributed.workers`` Ray actors (see the module doc)."""
     import ray
 
-    from ranker.lambdarank import EVAL_AT, FitResult, _dataset, _grid, estimator_params
+    from ranker.lambdarank import FitResult, _dataset, _grid, estimator_params
 
     start = time.perf_counter()
     dist = cfg.distributed
@@ -161,7 +149,6 @@ def fit_distributed(
                         "time_out": max(1, dist.timeout_s // 60),
                         "pre_partition": True,
                     },
-                    EVAL_AT,
                     cfg.early_stopping_rounds,
                 )
                 for w, (_, port) in zip(workers, endpoints, strict=True)

@@ -81,6 +81,25 @@ def estimator_params(params: dict, cfg: RankerConfig) -> dict:
     }
 
 
+def fit_model(model, train, val, features: list[str], categorical: list[int], rounds: int) -> None:
+    """One LambdaRank fit of ``model`` on ``train`` (groups, base margin), early-stopped on ``val``: the call the
+    in-process and the distributed fit (each worker, :mod:`ranker.distributed`) share."""
+    model.fit(
+        train.x,
+        train.y,
+        group=train.group_sizes,
+        init_score=train.init_score,
+        eval_X=(val.x,),
+        eval_y=(val.y,),
+        eval_group=[val.group_sizes],
+        eval_init_score=[val.init_score],
+        eval_at=EVAL_AT,
+        feature_name=features,
+        categorical_feature=categorical,
+        callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
+    )
+
+
 def fit_ranker(
     train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
 ) -> FitResult:
@@ -100,20 +119,7 @@ def fit_ranker(
     trials = []
     for params in _grid(cfg):
         model = lgb.LGBMRanker(**estimator_params(params, cfg))
-        model.fit(
-            fit_on.x,
-            fit_on.y,
-            group=fit_on.group_sizes,
-            init_score=fit_on.init_score,
-            eval_X=(val_on.x,),
-            eval_y=(val_on.y,),
-            eval_group=[val_on.group_sizes],
-            eval_init_score=[val_on.init_score],
-            eval_at=EVAL_AT,
-            feature_name=list(inputs.features),
-            categorical_feature=categorical,
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=False, verbose=False)],
-        )
+        fit_model(model, fit_on, val_on, list(inputs.features), categorical, cfg.early_stopping_rounds)
         score = float(model.best_score_["valid_0"]["ndcg@10"])
         trials.append(
             {**{k: params[k] for k in cfg.tune}, "best_iteration": model.best_iteration_, "val_ndcg_at_10": score}
