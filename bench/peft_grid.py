@@ -99,7 +99,7 @@ def bench_timing(cfg: Config, token_budgets: list[int], steps: int) -> list[dict
             "truncated_share": float((encoder.tokens.lengths >= tokens).float().mean()),
             "cache_seconds": cache_s,
             "cache_items_per_s": len(catalogue.item_ids) / cache_s,
-            "cache_mb": encoder.cache.numel() * encoder.cache.element_size() / 2**20,
+            "cache_mb": encoder.cache.nbytes / 2**20,
             "step_seconds": float(np.median(times[1:])),
             "encode_all_top_seconds": encode_s,
         }
@@ -130,14 +130,14 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
     shares_probe = tm.peft.method != "prefix" or tm.trainable_top_layers == 0
     if shares_probe and probe_key in probes:
         state, probed, rng, memory = probes[probe_key]
-        trainer._restore(state)
-        trainer._best_state, trainer._memory = trainer._trainable_state(), memory
+        trainer.restore(state)
+        trainer._best_state, trainer._memory = trainer.trainable_state(), memory
         trainer._rng, result = copy.deepcopy(rng), copy.deepcopy(probed)
     else:
         result = trainer.probe(sets["train"], sets["val"], progress=progress)
         if shares_probe:
             probes[probe_key] = (
-                trainer._trainable_state(),
+                trainer.trainable_state(),
                 copy.deepcopy(result),
                 copy.deepcopy(trainer._rng),
                 trainer._memory,

@@ -160,6 +160,35 @@ class AdversarialConfig(_Strict):
     steps: int = Field(default=3, ge=1, description="PGD steps (fgm: ignored).")
 
 
+class DistributedTrainConfig(_Strict):
+    """Data-parallel text-model training on Ray Train (``textmodel.train.workers > 1``, ``offline/textmodel_ray``)."""
+
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="A Ray Train checkpoint every N optimiser steps, besides one at each epoch's end; a worker group "
+        "restarted after a failure resumes from the latest (mid-epoch included). null = epoch ends only.",
+    )
+    max_failures: int = Field(
+        default=2,
+        ge=0,
+        description="Worker-group restarts Ray Train tries after a worker dies, each from the latest "
+        "checkpoint, before the run fails.",
+    )
+    shared_cache: Literal["auto", "object_store", "disk"] = Field(
+        default="auto",
+        description="Where the lower-layer cache (computed once per item, one shard per worker) is shared: "
+        "object_store = Ray's object store (every node holds one copy of every shard); disk = .npy shards "
+        "under the storage folder, memory-mapped by the workers (needs a file system every node sees); auto = "
+        "the object store when the cache takes at most half of the smallest node's store, else disk.",
+    )
+    storage: str | None = Field(
+        default=None,
+        description="Ray Train storage (checkpoints, worker records, spilled cache shards): a folder every node "
+        "sees (NFS) or a URI. null = <data.dir>/textmodel/ray_train.",
+    )
+
+
 class TrainConfig(_Strict):
     """Click-label training of the text model."""
 
@@ -225,6 +254,17 @@ class TrainConfig(_Strict):
         "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
         "random folds of impressions (heads see the other folds' later clicks too).",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="1: train in this process. N > 1: N data-parallel workers on Ray Train (TorchTrainer; gloo on "
+        "CPU, NCCL with one GPU per worker), on the Ray of `ray` (joined at ray.address, else started locally). "
+        "Every worker draws the same global batch of batch_size examples and trains on its 1/N of it, so the "
+        "run follows the single-process one (same samples, same loss).",
+    )
+    distributed: DistributedTrainConfig = Field(
+        default_factory=DistributedTrainConfig, description="Checkpoints, restarts and the shared cache of workers > 1."
     )
     # Continual training (#15). Both default to null: training from scratch on the whole train split, as before.
     warm_start: str | None = Field(

@@ -7,9 +7,10 @@ from textmodel.data import Catalogue, ImpressionSet, TextDataError
 from textmodel.model import build_text_model, resolve_device
 from textmodel.peft_methods import PEFT_METHODS
 from textmodel.prompt import ItemText, Prompt, PromptError, render_texts
+from textmodel.results import TrainResult
 from textmodel.scoring import TextScorer, score_rows
 from textmodel.towers import TextModel
-from textmodel.train import ClickTrainer, TrainResult
+from textmodel.train import ClickTrainer
 
 __all__ = [
     "PEFT_METHODS",

@@ -10,9 +10,11 @@ padding a batch to its longest item would waste most of the work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from conf.progress import progress as show_progress
@@ -53,6 +55,68 @@ def length_buckets(lengths: torch.Tensor, token_budget: int) -> Iterator[torch.T
         start = end
 
 
+class LowerCache(Protocol):
+    """Cached lower-layer states of the catalogue: ``take(index, width)`` -> (B, width, H) float32."""
+
+    def take(self, index: torch.Tensor, width: int) -> torch.Tensor: ...
+
+
+class ItemSharding(Protocol):
+    """Splits a whole-catalogue encode among data-parallel workers (``textmodel.parallel.DataParallel``)."""
+
+    def gather_items(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor: ...
+
+
+class TensorCache:
+    """The whole cache as one tensor on the training device (one process)."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        self.states = states
+
+    def take(self, index: torch.Tensor, width: int) -> torch.Tensor:
+        return self.states[index.to(self.states.device), :width]
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+
+class ShardedCache:
+    """The cache as contiguous item-range shards computed by different workers, read where they lie.
+
+    ``shards[k]`` holds items ``starts[k]..starts[k] + len(shards[k]) - 1``: numpy arrays straight from Ray's
+    object store (zero-copy, read-only, one copy per node) or memory-mapped ``.npy`` files; a step copies out
+    only the rows (and the ``width`` leading positions) of its own items.
+    """
+
+    def __init__(self, shards: Sequence[np.ndarray], starts: Sequence[int]) -> None:
+        if len(shards) != len(starts) or not shards:
+            raise ValueError(f"{len(shards)} cache shard(s) for {len(starts)} start(s)")
+        self.shards = list(shards)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.stops = self.starts + np.array([len(s) for s in self.shards])
+        if self.starts[0] != 0 or (self.starts[1:] != self.stops[:-1]).any():
+            raise ValueError(f"cache shards do not tile the catalogue: starts {self.starts}, stops {self.stops}")
+
+    def __len__(self) -> int:
+        return int(self.stops[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(s.nbytes) for s in self.shards)
+
+    def take(self, index: torch.Tensor, width: int) -> torch.Tensor:
+        idx = index.cpu().numpy()
+        shard_of = np.searchsorted(self.stops, idx, side="right")
+        first = self.shards[0]
+        out = torch.empty((len(idx), width, first.shape[-1]), dtype=torch.float32)
+        for k in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == k)
+            part = np.asarray(self.shards[k][idx[rows] - self.starts[k], :width], dtype=np.float32)
+            out[torch.from_numpy(rows)] = torch.from_numpy(part)
+        return out
+
+
 @dataclass
 class BucketStates:
     """One length bucket of a batch: ``positions`` into the batch, lower-layer ``states`` (b, T, H), ``mask``."""
@@ -70,7 +134,9 @@ class ItemEncoder:
         self.tokens = tokens
         self.token_budget = token_budget
         self.device = device
-        self.cache: torch.Tensor | None = None  # (N, T, H) lower-layer states, on ``device``
+        self.cache: LowerCache | None = None  # (N, T, H) lower-layer states
+        # Set on data-parallel workers: whole-catalogue encodes are split among them and gathered.
+        self.parallel: ItemSharding | None = None
 
     def _mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         return (torch.arange(width)[None, :] < lengths[:, None]).long().to(self.device)
@@ -81,7 +147,7 @@ class ItemEncoder:
         width = int(lengths.max())
         mask = self._mask(lengths, width)
         if self.cache is not None:
-            return self.cache[index.to(self.device), :width], mask
+            return self.cache.take(index, width).to(self.device), mask
         ids = self.tokens.ids[index, :width].to(self.device)
         return self.tower.backbone.lower(ids, mask), mask
 
@@ -89,20 +155,23 @@ class ItemEncoder:
     def build_cache(self, progress: bool = True) -> None:
         """Run the frozen lower layers over every item once (the top layers are what training changes)."""
         self.cache = None
-        n, width = self.tokens.ids.shape
-        chunks = []
-        order = []
-        buckets = list(length_buckets(self.tokens.lengths, self.token_budget))
+        self.cache = TensorCache(self.lower_shard(0, len(self.tokens), progress))
+
+    @torch.no_grad()
+    def lower_shard(self, start: int, stop: int, progress: bool = False) -> torch.Tensor:
+        """Lower-layer states of items ``start..stop-1`` (in that order), padded to the catalogue's width
+        ``(n, T, H)``: one shard of the cache (data-parallel workers each compute one; :class:`ShardedCache`)."""
+        index = torch.arange(start, stop)
+        width = self.tokens.ids.shape[1]
+        chunks, order = [], []
+        buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
         for bucket in show_progress(buckets, "cache lower layers", len(buckets), progress):
-            states, _ = self.lower_states(bucket)
+            states, _ = self.lower_states(index[bucket])
             padded = torch.zeros(len(bucket), width, states.shape[-1], dtype=states.dtype, device=self.device)
             padded[:, : states.shape[1]] = states
             chunks.append(padded)
             order.append(bucket)
-        cache = torch.cat(chunks)
-        inverse = torch.empty(n, dtype=torch.long)
-        inverse[torch.cat(order)] = torch.arange(n)
-        self.cache = cache[inverse.to(self.device)]
+        return _scatter(torch.cat(order).to(self.device), torch.cat(chunks))
 
     def encode(self, index: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Vectors of items ``index`` in that order: (B, dim). Gradients flow into the adapters and the
@@ -113,7 +182,7 @@ class ItemEncoder:
     def pooled_all(self, progress: bool = False) -> torch.Tensor:
         """Pooled top-layer outputs of every item, before the projection: (N, H). While the adapters are
         fixed these do not change, so a head-only (probe) phase trains on them at almost no cost."""
-        return self._per_bucket(torch.arange(len(self.tokens)), self.tower.pooled, "pool items", progress)
+        return self._all_items(lambda index: self._per_bucket(index, self.tower.pooled, "pool items", progress))
 
     def gather(self, index: torch.Tensor) -> list[BucketStates]:
         """Lower-layer states of items ``index`` in length buckets (the input of the trainable layers).
@@ -142,7 +211,13 @@ class ItemEncoder:
     @torch.no_grad()
     def encode_all(self, progress: bool = False) -> torch.Tensor:
         """Vectors of every catalogue item, without gradients: (N, dim)."""
-        return self.encode(torch.arange(len(self.tokens)), progress=progress)
+        return self._all_items(lambda index: self.encode(index, progress=progress))
+
+    def _all_items(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn`` over every catalogue item; on data-parallel workers each encodes its share and all gather."""
+        if self.parallel is None:
+            return fn(torch.arange(len(self.tokens)))
+        return self.parallel.gather_items(fn, len(self.tokens))
 
 
 def _scatter(positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

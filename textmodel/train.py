@@ -5,15 +5,20 @@ histories read item vectors from a memory refreshed once per epoch (no gradients
 pools them, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or
 pointwise BCE. Validation AUC is computed after each epoch by a metric function handed in by the
 caller (the metrics live in ``ranker``; this package does not import it), with early stopping on it.
+
+One class on purpose (~480 lines): the probe, the fine-tuning, the cross-fitted heads and a resumed run all
+share the epoch sampler, the history memory, the best state and the step counters; the records it returns
+are in ``textmodel.results``, the checkpoint format in ``textmodel.resume``, the gradient exchange of a
+data-parallel worker in ``textmodel.parallel``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -26,58 +31,39 @@ from conf.progress import progress as show_progress
 from conf.progress import say
 from textmodel.adversarial import adversarial_loss
 from textmodel.continual import WarmStartError
-from textmodel.data import Batch, ImpressionSet, batches, cross_fit_plan, sample_examples
+from textmodel.data import Batch, ImpressionSet, TextDataError, batches, cross_fit_plan, sample_examples
 from textmodel.encoder import BucketStates, ItemEncoder
+from textmodel.parallel import DataParallel
 from textmodel.peft_methods import step_hook
+from textmodel.results import EpochLog, TrainResult
+from textmodel.resume import Cursor
 from textmodel.scoring import score_rows, scored_frame
 from textmodel.towers import TextModel
 
 ValMetric = Callable[[pl.DataFrame], float]  # frame of impression_id, clicked, score -> a number (higher is better)
-
-
-@dataclass
-class EpochLog:
-    epoch: int
-    train_loss: float
-    val_metric: float
-    seconds: float
-    steps: int
-    phase: str = "fine-tune"
-    val_text: float | None = None  # the exported score (text part alone) when the loss adds an offset
-    # Optimiser steps of the whole run when this epoch was validated (all phases): with ``val_metric`` and
-    # ``phase``, the learning curve a bench compares between warm-started and from-scratch training.
-    step: int = 0
-
-
-@dataclass
-class TrainResult:
-    epochs: list[EpochLog] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_metric: float = float("nan")
-    best_phase: str = "init"  # the phase the exported state comes from: init, probe or fine-tune
-    best_by_phase: dict[str, float] = field(default_factory=dict)  # each phase's best validation metric
-    steps: int = 0
-    seconds_per_step: float = float("nan")
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "epochs": [e.__dict__ for e in self.epochs],
-            "best_epoch": self.best_epoch,
-            "best_val_metric": self.best_val_metric,
-            "best_phase": self.best_phase,
-            "best_by_phase": self.best_by_phase,
-            "steps": self.steps,
-            "seconds_per_step": self.seconds_per_step,
-        }
+Checkpointer = Callable[[dict], None]  # receives a resumable trainer state (textmodel.resume) to persist
 
 
 class ClickTrainer:
     """Trains a :class:`TextModel` on click labels (the loss and the optimisation live here)."""
 
     def __init__(
-        self, model: TextModel, encoder: ItemEncoder, cfg: TrainConfig, device: torch.device, val_metric: ValMetric
+        self,
+        model: TextModel,
+        encoder: ItemEncoder,
+        cfg: TrainConfig,
+        device: torch.device,
+        val_metric: ValMetric,
+        parallel: DataParallel | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
+        """``parallel``: this worker's data-parallel group (None: one process). ``checkpointer``: called with a
+        resumable state at each epoch's end and every ``distributed.checkpoint_every_steps`` steps of :meth:`fit`
+        (Ray Train persists it; :meth:`fit` with ``resume=`` that state continues the run)."""
         self.model, self.encoder, self.cfg, self.device, self.val_metric = model, encoder, cfg, device, val_metric
+        self.parallel, self.checkpointer = parallel, checkpointer
+        self._resume: dict | None = None  # a checkpoint fit() was asked to continue, until its phase takes it
+        self._in_fit = False  # checkpoints are of fit()'s phases only (not of cross-fitted heads)
         self.bias = nn.Parameter(torch.zeros((), device=device))  # BCE only: calibrates the score offset
         # Weight of the behavioural logit added in the loss (batches with offsets only: see ``offset_feature``).
         self.offset_weight = nn.Parameter(torch.ones((), device=device))
@@ -132,6 +118,21 @@ class ClickTrainer:
         """The validation metric of what the loss trains: the text score, plus the weighted offset if any."""
         return self._evaluate(data, memory)[0]
 
+    @torch.no_grad()
+    def validation_loss(self, data: ImpressionSet, memory: torch.Tensor, chunk: int = 4096) -> float | None:
+        """The training loss on ``data``'s examples, drawn with a fixed seed, candidates scored from ``memory``."""
+        try:
+            rng = np.random.default_rng(self.cfg.seed)
+            examples = sample_examples(data, self.cfg.objective, self.cfg.negatives, rng)
+        except TextDataError:  # no impression with both labels: no loss to report (the AUC still validates)
+            return None
+        total = 0.0
+        for batch in batches(data, examples, chunk, np.random.default_rng(0), None):
+            batch = batch.to(self.device)
+            items = memory[batch.candidates]
+            total += float(self._loss_of_items(batch, memory, items)) * len(batch.candidates)
+        return total / len(examples)
+
     def _evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> tuple[float, float | None]:
         """(metric of the trained score, metric of the text part alone when an offset is added, else None)."""
         scores = score_rows(self.model, memory, data)
@@ -140,7 +141,7 @@ class ClickTrainer:
         mixed = scores + float(self.offset_weight.detach()) * data.row_offset
         return self.val_metric(scored_frame(data, mixed)), self.val_metric(scored_frame(data, scores))
 
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
+    def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""
         state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         return {**state, **{f"trainer.{n}": p.detach().clone() for n, p in self._own().items()}}
@@ -175,10 +176,10 @@ class ClickTrainer:
                     f"warm start: weight {name}: parent shape {tuple(weights[name].shape)}, model {tuple(param.shape)}"
                 )
         own = {f"trainer.{k}": torch.tensor(float(v)) for k, v in trainer_state.items() if k in self._own()}
-        self._restore({**{n: w.to(self.device) for n, w in weights.items()}, **own})
+        self.restore({**{n: w.to(self.device) for n, w in weights.items()}, **own})
         self.warm = True
 
-    def _restore(self, state: dict[str, torch.Tensor]) -> None:
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
         """Load ``state`` (model weights, and the trainer's own ones when present; others keep their values)."""
         self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("trainer.")}, strict=False)
         with torch.no_grad():
@@ -222,22 +223,27 @@ class ClickTrainer:
         params = [p for g in groups for p in g["params"]]
         stale = 0
         phase_best = float("-inf") if fresh_best else result.best_val_metric
-        for _ in range(epochs):
+        first_epoch, skip, resumed_losses = 0, 0, []
+        cursor = self._take_resume(name, result, optimizer, scheduler)
+        if cursor is not None:  # continue a checkpointed run: same sampler state, same step, same counters
+            rng.bit_generator.state = cursor.rng_state
+            first_epoch, skip, resumed_losses = cursor.epoch_in_phase, cursor.step_in_epoch, cursor.losses
+            stale, phase_best = cursor.stale, cursor.phase_best
+        for epoch_in_phase in range(first_epoch, epochs):
             epoch = len(result.epochs)
-            start, losses = time.perf_counter(), []
+            start, losses = time.perf_counter(), list(resumed_losses)
+            resumed_losses = []
+            epoch_rng = rng.bit_generator.state
             self.model.train()
             examples = sample_examples(train, cfg.objective, cfg.negatives, rng)
             steps = batches(train, examples, cfg.batch_size, rng, max_steps)
             bar = show_progress(steps, f"{name} epoch {epoch}", steps_per_epoch, progress)
-            for batch in bar:
+            for i, batch in enumerate(bar):
+                if i < skip:
+                    continue  # taken before the checkpoint this run resumed from
                 t0 = time.perf_counter()
-                with self._context():
-                    loss = self.loss(batch.to(self.device), self._memory, pooled)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                result.steps += 1
+                loss = self._step(batch, pooled, params, optimizer, scheduler)
+                result.record_step(loss)
                 if pooled is None:
                     self._fine_steps += 1
                     step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget (reads grads)
@@ -245,27 +251,97 @@ class ClickTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 if pooled is None:
                     self._maybe_refresh_memory()
-                losses.append(float(loss.detach()))
+                losses.append(loss)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                every = cfg.distributed.checkpoint_every_steps
+                if every is not None and result.steps % every == 0:
+                    at = Cursor(name, epoch_in_phase, i + 1, epoch_rng, losses, stale, phase_best)
+                    self._checkpoint(at, optimizer, scheduler, result)
+            skip = 0
             self.model.eval()
             self._memory = self._vectors(pooled, progress)
             metric, text_metric = self._evaluate(val, self._memory)
             seconds = time.perf_counter() - start
             log = EpochLog(epoch, float(np.mean(losses)), metric, seconds, len(losses), name, text_metric, result.steps)
+            log.val_loss = self.validation_loss(val, self._memory)
             result.epochs.append(log)
             say(f"{name} epoch {epoch}: loss {log.train_loss:.4f}, val {metric:.4f}, {log.seconds:.0f}s", progress)
             result.best_by_phase[name] = max(result.best_by_phase.get(name, float("-inf")), metric)
             if metric > phase_best:
                 phase_best, stale = metric, 0
                 result.best_val_metric, result.best_epoch, result.best_phase = metric, epoch, name
-                self._best_state = self._trainable_state()
+                self._best_state = self.trainable_state()
             else:
                 stale += 1
-                if stale > cfg.patience:
-                    break
+            stop = stale > cfg.patience
+            done = epochs if stop else epoch_in_phase + 1  # a resumed run must not train past an early stop
+            at = Cursor(name, done, 0, rng.bit_generator.state, [], stale, phase_best)
+            self._checkpoint(at, optimizer, scheduler, result)
+            if stop:
+                break
         # The next phase (or the caller) starts from the best state so far.
-        self._restore(self._best_state)
+        self.restore(self._best_state)
         self._memory = self._vectors(pooled, progress)
+
+    def _step(self, batch: Batch, pooled, params, optimizer, scheduler) -> float:
+        """One optimiser step on ``batch``; returns its loss. Data-parallel: this worker's slice of the global
+        batch, its loss weighted by the slice's share, gradients summed over the workers before clipping."""
+        weight = 1.0
+        if self.parallel is not None:
+            batch, weight = self.parallel.share(batch)
+        value = 0.0
+        if len(batch.candidates):
+            with self._context():
+                loss = self.loss(batch.to(self.device), self._memory, pooled)
+            if weight != 1.0:
+                loss = loss * weight
+            loss.backward()
+            value = float(loss.detach())
+        if self.parallel is not None:
+            value = self.parallel.reduce_gradients(params, value)
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        return value
+
+    def _checkpoint(self, cursor: Cursor, optimizer, scheduler, result: TrainResult) -> None:
+        """Hand a resumable state to the checkpointer (fit() only; nothing without one)."""
+        if self.checkpointer is None or not self._in_fit:
+            return
+        self.checkpointer(
+            {
+                "cursor": cursor.to_json(),
+                "weights": self.trainable_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_state": self._best_state,
+                "result": result.to_json(),
+                "fine_steps": self._fine_steps,
+                "fine_seconds": self._fine_seconds,
+                "memory": self._memory.detach().cpu(),
+                "torch_rng": torch.get_rng_state(),  # dropout masks: the resumed run draws the same ones
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            }
+        )
+
+    def _take_resume(self, name: str, result: TrainResult, optimizer, scheduler) -> Cursor | None:
+        """Restore the checkpoint ``fit(resume=...)`` was given when it was taken in phase ``name`` (copied: the
+        optimiser would otherwise step the checkpoint's own moment tensors in place)."""
+        state = self._resume
+        if state is None or state["cursor"]["phase"] != name:
+            return None
+        self._resume = None
+        self.restore(state["weights"])
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        self._best_state = state["best_state"]
+        result.__dict__.update(TrainResult.from_json(state["result"]).__dict__)
+        self._fine_steps, self._fine_seconds = state["fine_steps"], state["fine_seconds"]
+        self._memory = state["memory"].to(self.device)
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        return Cursor(**state["cursor"])
 
     def out_of_fold_scores(
         self,
@@ -287,7 +363,7 @@ class ClickTrainer:
         be scored only by heads fitted on earlier blocks. (The adapters still saw every train row; they move the
         pooled vectors little next to what the head memorises.)
         """
-        final = self._trainable_state()
+        final = self.trainable_state()
         pooled = self.encoder.pooled_all()
         scores = np.full(train.num_rows, np.nan, dtype=np.float64)
         plan = cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)
@@ -297,7 +373,7 @@ class ClickTrainer:
                 train.subset(fit_on), val, pooled, init_towers, np.random.default_rng(self.cfg.seed + 100 + k), progress
             )
             scores[held[train.row_impression]] = score_rows(self.model, self._memory, train.subset(held))
-        self._restore(final)
+        self.restore(final)
         return scores
 
     def _fit_head(
@@ -313,8 +389,8 @@ class ClickTrainer:
         over ``pooled`` and early-stopped on ``val``; the best state is left loaded."""
         initial = {"trainer.bias": torch.zeros_like(self.bias), "trainer.offset_weight": torch.ones_like(self.bias)}
         towers = {"params": self._head_params(), "lr": self.cfg.head_lr}
-        self._restore({**init_towers, **initial})
-        self._best_state = self._trainable_state()
+        self.restore({**init_towers, **initial})
+        self._best_state = self.trainable_state()
         self._memory = self._vectors(pooled, False)
         fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
         epochs = self.cfg.probe_epochs  # a head fit is a probe: the fine-tuning phase's epochs are adapter steps
@@ -336,7 +412,9 @@ class ClickTrainer:
                 return self.model.items.head(pooled)
         return self.encoder.encode_all(progress=progress)
 
-    def fit(self, train: ImpressionSet, val: ImpressionSet, progress: bool = True) -> TrainResult:
+    def fit(
+        self, train: ImpressionSet, val: ImpressionSet, progress: bool = True, resume: dict | None = None
+    ) -> TrainResult:
         """Probe (head only, over cached pooled vectors), then fine-tune adapters and towers together.
 
         With a frozen backbone the second phase trains the head alone on the fine-tuning schedule (same steps,
@@ -346,9 +424,20 @@ class ClickTrainer:
         start from, and the parent's towers are one (probing would only move them off what the adapters were
         trained with). A frozen backbone keeps its probe, from the parent's towers: with the default
         ``fine_tune_head_lr: 0`` it is the only phase that trains anything there.
+
+        ``resume``: a state this trainer's checkpointer received; the run continues from it (a probe phase
+        already finished is not repeated) and ends as the uninterrupted run would.
         """
-        result = self.probe(train, val, progress, epochs=0 if self.warm and not self.frozen else None)
-        return self.fine_tune(train, val, result, progress)
+        self._resume, self._in_fit = resume, True
+        try:
+            if resume is not None and resume["cursor"]["phase"] != "probe":
+                self._rng = np.random.default_rng(self.cfg.seed)  # replaced by the checkpoint's sampler state
+                result = TrainResult()
+            else:
+                result = self.probe(train, val, progress, epochs=0 if self.warm and not self.frozen else None)
+            return self.fine_tune(train, val, result, progress)
+        finally:
+            self._resume, self._in_fit = None, False
 
     @property
     def frozen(self) -> bool:
@@ -370,7 +459,7 @@ class ClickTrainer:
         init_metric, init_text = self._evaluate(val, self._memory)
         result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})
         result.epochs.append(EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text))
-        self._best_state, self._fine_steps, self._fine_seconds = self._trainable_state(), 0, 0.0
+        self._best_state, self._fine_steps, self._fine_seconds = self.trainable_state(), 0, 0.0
         self._phase("probe", epochs, train, val, [towers], pooled, None, self._rng, result, progress)
         return result
 
@@ -382,7 +471,7 @@ class ClickTrainer:
         cfg = self.cfg
         rng = self._rng if self._rng is not None else np.random.default_rng(cfg.seed)
         if self._best_state is None:
-            self._best_state = self._trainable_state()
+            self._best_state = self.trainable_state()
         # The probe annealed the towers' rate to zero; restarting them at lr undoes it (README), so by default
         # (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
         head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
