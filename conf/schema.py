@@ -184,8 +184,8 @@ class DistributedTrainConfig(_Strict):
     )
     storage: str | None = Field(
         default=None,
-        description="Ray Train storage (checkpoints, worker records, spilled cache shards): a folder every node "
-        "sees (NFS) or a URI. null = <data.dir>/textmodel/ray_train.",
+        description="Ray Train storage (checkpoints, worker records, spilled cache shards): a folder path every "
+        "node sees at the same place (NFS, a mounted bucket); not a URI. null = <data.dir>/ray_train.",
     )
 
 

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     tm_train.add_argument(
         "--since", metavar="TIME", help="train only on train impressions at or after TIME, UTC (textmodel.train.since)"
     )
+    tm_train.add_argument(
+        "--workers", type=int, help="data-parallel workers on Ray Train; 1 = in this process (textmodel.train.workers)"
+    )
+    tm_train.add_argument(
+        "--address", help="Ray cluster to train on: its GCS address HEAD_IP:6379, or auto on a node (ray.address)"
+    )
     command(tm, "embed", "re-encode the catalogue with the saved model; rewrite interest scores")
     rk = sub.add_parser("ranker", help="the LambdaRank ranker").add_subparsers(dest="action", required=True)
     command(rk, "train", "fit LambdaRank (tuned on validation) and write the evaluation report")
@@ -134,7 +140,12 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out.append(f"data.synthetic.{name}={value}")
     if args.command == "textmodel" and args.action == "train":
-        for flag, key in (("warm_start", "textmodel.train.warm_start"), ("since", "textmodel.train.since")):
+        for flag, key in (
+            ("warm_start", "textmodel.train.warm_start"),
+            ("since", "textmodel.train.since"),
+            ("workers", "textmodel.train.workers"),
+            ("address", "ray.address"),
+        ):
             value = getattr(args, flag)
             if value is not None:
                 out.append(f"{key}={value}")
@@ -189,6 +200,14 @@ def print_training(summary: dict) -> None:
         f"({summary['total_seconds']:.0f} s total, lower-layer cache {summary['cache_seconds']:.0f} s, "
         f"{summary['train']['seconds_per_step']:.2f} s/step)"
     )
+    dist = summary.get("distributed")
+    if dist:
+        cache = dist["cache"]
+        console.print(
+            f"Ray Train: {dist['workers']} workers on {len(dist['nodes'])} node(s), {dist['attempts']} attempt(s)"
+            f"{' (resumed from step ' + str(dist['resumed_from_step']) + ')' if dist['resumed_from_step'] else ''}; "
+            f"lower-layer cache {cache['mb']} MB in {cache['shards']} shards ({cache['mode']}); run {dist['run']}"
+        )
 
 
 def _timed(label: str, fn: Callable[[], object]) -> object:

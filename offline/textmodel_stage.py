@@ -7,13 +7,15 @@ paths, and the progress display.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from conf import Config
+from conf.runtime import start_ray
 from features import read_features, read_impressions, read_items, read_manifest
 from features.history import impression_histories
 from features.io import write_parquet_atomic
@@ -111,12 +113,10 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     """Train on the train split (from ``textmodel.train.since`` on), early-stop on validation AUC, save the
     artifact and the interest scores. Warm-started from a registered parent when configured: the parent is
     checked before anything is built or written."""
-    from textmodel.artifact import embedding_table, save_text_model
     from textmodel.backbone import load_backbone
     from textmodel.continual import train_window
     from textmodel.model import build_text_model, resolve_device
     from textmodel.prompt import ItemText
-    from textmodel.scoring import interest_frame, score_rows, scored_frame
     from textmodel.train import ClickTrainer
 
     tm = cfg.textmodel
@@ -126,17 +126,65 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     parent = warm_start_parent(cfg, backbone.identity)
     catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
     trained_on = train_window(sets["train"], tm.train.since)  # every split is still scored below
-    model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=_total_steps(cfg, trained_on))
-    t0 = time.perf_counter()
-    encoder.build_cache(progress=progress)
-    cache_seconds = time.perf_counter() - t0
+    total_steps = _total_steps(cfg, trained_on)
+    model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=total_steps)
     trainer = ClickTrainer(model, encoder, tm.train, device, impression_auc)
     towers = {id(p) for p in model.tower_parameters()}
     # Cross-fitted heads start from fresh towers even when warm-started: the parent's have seen later clicks.
     init_towers = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in towers}
     if parent is not None:
         trainer.warm_start(parent.weights, parent.trainer_state)
-    result = trainer.fit(trained_on, sets["val"], progress=progress)
+    distributed: dict[str, object] = {}
+    # workers > 1: Ray Train (joined at ray.address or started here, shut down at the end when started here:
+    # the driver reads the shared lower-layer cache from Ray's object store until the artifact is saved).
+    ray_started = tm.train.workers > 1 and start_ray(cfg.ray)
+    try:
+        t0 = time.perf_counter()
+        if tm.train.workers > 1:
+            from offline.textmodel_ray import train_on_ray  # imports ray: after start_ray set its environment
+            from textmodel.results import TrainResult
+
+            run = train_on_ray(cfg, backbone, encoder, trained_on, sets["val"], parent, total_steps, progress)
+            trainer.restore(run.weights)
+            result, cache_seconds, distributed = TrainResult.from_json(run.result), run.cache.seconds, run.summary()
+        else:
+            encoder.build_cache(progress=progress)
+            cache_seconds = time.perf_counter() - t0
+            result = trainer.fit(trained_on, sets["val"], progress=progress)
+        t = _Training(backbone, catalogue, sets, trained_on, model, encoder, trainer, parent, init_towers)
+        run_info = {"cache_seconds": cache_seconds, "distributed": distributed or None}
+        return _finish(cfg, t, result, run_info, started, progress)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+
+@dataclass
+class _Training:
+    """What one text-model training run built, for the steps after the fit."""
+
+    backbone: Any
+    catalogue: Any
+    sets: dict[str, ImpressionSet]
+    trained_on: ImpressionSet
+    model: Any
+    encoder: Any
+    trainer: Any
+    parent: Parent | None
+    init_towers: dict[str, Any]
+
+
+def _finish(
+    cfg: Config, t: _Training, result, run_info: dict[str, object], started: float, progress: bool
+) -> dict[str, object]:
+    """Score every split with the trained model, cross-fit the train rows, save the artifact and the scores."""
+    from textmodel.artifact import embedding_table, save_text_model
+    from textmodel.scoring import interest_frame, score_rows, scored_frame
+
+    tm = cfg.textmodel
+    model, encoder, trainer, sets = t.model, t.encoder, t.trainer, t.sets
     memory = encoder.encode_all(progress=progress)
     metrics = {
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
@@ -146,7 +194,7 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     if tm.train.oof_folds > 1:
         t0 = time.perf_counter()
         oof = trainer.out_of_fold_scores(
-            sets["train"], sets["val"], tm.train.oof_folds, init_towers, tm.train.oof_scheme, progress
+            sets["train"], sets["val"], tm.train.oof_folds, t.init_towers, tm.train.oof_scheme, progress
         )
         # Rows no head could score honestly (the first time block) get no score: the ranker does not fit on them.
         frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof).fill_nan(None))
@@ -164,17 +212,17 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
         "profile": cfg.profile,
         "train": result.to_json(),
         "impression_auc": metrics,
-        "cache_seconds": cache_seconds,
+        **run_info,
         # Trained as a residual over this behavioural logit (weight learned); the interest score is the text part.
         "offset_feature": tm.train.offset_feature,
         "offset_weight": float(trainer.offset_weight.detach()) if tm.train.offset_feature else None,
         "trainer_state": trainer.own_state(),  # what a warm start from this model resumes besides the weights
-        **_lineage(cfg, parent, trained_on, sets["train"]),
+        **_lineage(cfg, t.parent, t.trained_on, sets["train"]),
         **cross_fit,
         "total_seconds": time.perf_counter() - started,
     }
     out = save_text_model(
-        model_dir(cfg), model, tm, backbone.identity, embedding_table(catalogue.item_ids, memory), extra
+        model_dir(cfg), model, tm, t.backbone.identity, embedding_table(t.catalogue.item_ids, memory), extra
     )
     write_parquet_atomic(pl.concat(list(frames.values())), Path(cfg.data.dir) / INTEREST_FILE)
     return {"model_dir": str(out), **extra}
