@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,6 +126,22 @@ def listening_sockets(procs: Iterable[psutil.Process]) -> list[Listener]:
 # Ray's fixed default ports (GCS, dashboard, Ray Client, agent HTTP, autoscaler and dashboard metrics): every
 # one the cluster uses is given explicitly, and a free port picked for it must not be one of these either.
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 44217, 44227})
+
+
+class Sampler(threading.Thread):
+    """Collects the cluster's listening sockets every half second while a job runs (actors come and go), and
+    those this process (the driver) opens meanwhile: its core worker's servers."""
+
+    def __init__(self, cluster: LoopbackCluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.seen, self.stop = cluster, set(), threading.Event()
+        self.driver = lambda: set(listening_sockets([psutil.Process()]))
+        self.before = self.driver()  # whatever else this test process listens on is not Ray's
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.seen.update(self.cluster.listeners(), self.driver() - self.before)
+            self.stop.wait(0.5)
 
 
 def free_port() -> int:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import psutil
 import pytest
 import yaml
 from polars.testing import assert_frame_equal
@@ -72,24 +70,6 @@ def write_requests(cfg: Config, path: Path) -> Path:
     return path
 
 
-class Sampler(threading.Thread):
-    """Collects the cluster's listening sockets every half second while a job runs (actors come and go), and
-    those this process (the driver) opens meanwhile: its core worker's servers."""
-
-    def __init__(self, cluster: LoopbackCluster) -> None:
-        from ray_cluster import listening_sockets
-
-        super().__init__(daemon=True)
-        self.cluster, self.seen, self.stop = cluster, set(), threading.Event()
-        self.driver = lambda: set(listening_sockets([psutil.Process()]))
-        self.before = self.driver()  # whatever else this test process listens on is not Ray's
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.seen.update(self.cluster.listeners(), self.driver() - self.before)
-            self.stop.wait(0.5)
-
-
 @pytest.fixture(scope="module")
 def runs(served_world: Config, ray_cluster: LoopbackCluster, tmp_path_factory) -> Runs:
     """The same job twice through the CLI: a local Ray (1 node, 1 worker), then the cluster (2 workers)."""
@@ -99,6 +79,8 @@ def runs(served_world: Config, ray_cluster: LoopbackCluster, tmp_path_factory) -
     source = write_requests(served_world, root / "in.parquet")
     options = ["--config", str(profile), f"scoring.shard_requests={SHARD_REQUESTS}"]
     assert main(["score", str(source), str(root / "local"), *options, "--workers", "1", "ray.num_cpus=1"]) == 0
+    from ray_cluster import Sampler
+
     sampler = Sampler(ray_cluster)
     sampler.start()
     try:
