@@ -13,7 +13,10 @@ to 0 (each worker would draw its own dropout masks, so the runs would differ by 
 parallelism) and cross-fitting is off (it runs on the driver after the fit, the same code either way).
 
 Goals (issue #16): the loss at each of the first 20 steps within 1e-3 (relative) of one worker; the
-validation loss at matched steps (each epoch's end) within 1%. Printed: both, the validation AUC at each
+validation loss at matched steps (each epoch's end) within 1%. The floor, in the same run: a third training
+in one process with another ``encode_batch_tokens`` (``--floor-batch-tokens``), which only regroups items
+into length buckets, as sharding a batch over workers does; how far that moves the losses is the float32
+noise any regrouping brings, parallel or not. Printed: both gaps and the floor's, the validation AUC at each
 epoch, the seconds of each run and the shared cache (where it was kept, its size). Writes
 bench/results/ddp.json.
 """
@@ -63,6 +66,12 @@ def main() -> None:
         action="store_true",
         help="start the tests' two-node loopback cluster (1 CPU and ray.object_store_mb per node) and train on it",
     )
+    ap.add_argument(
+        "--floor-batch-tokens",
+        type=int,
+        default=3072,
+        help="encode_batch_tokens of the floor run (one process, items regrouped); 0 = no floor run",
+    )
     ap.add_argument("--quick", action="store_true", help="20 adapter steps, 1 probe epoch (a smoke run)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
@@ -89,22 +98,20 @@ def main() -> None:
     (RESULTS / "ddp.json").write_text(json.dumps(out, indent=2))
 
 
-def compare(args: argparse.Namespace, common: list[str]) -> dict:
-    """Both runs on a scratch copy of the data folder; print the table and return the figures."""
-    parallel = [f"textmodel.train.workers={args.workers}", *([f"ray.address={args.address}"] if args.address else [])]
-    with tempfile.TemporaryDirectory(prefix="ddp-bench-") as scratch:
-        data = Path(scratch) / "data"
-        shutil.copytree(args.data, data, ignore=shutil.ignore_patterns("textmodel", "mlflow", "scores*", "replay*"))
-        one = run("1 worker (in process)", data, common)
-        many = run(f"{args.workers} workers (Ray Train)", data, [*common, *parallel])
-    a, b = one["train"]["step_losses"], many["train"]["step_losses"]
+def first_steps(one: dict, other: dict) -> tuple[list[float], int]:
+    """Relative gap of each of the first ``STEPS_COMPARED`` step losses, and how many steps that was."""
+    a, b = one["train"]["step_losses"], other["train"]["step_losses"]
     n = min(STEPS_COMPARED, len(a), len(b))
-    step_rel = [relative(x, y) for x, y in zip(a[:n], b[:n], strict=True)]
-    epochs = []
-    for e1, e2 in zip(one["train"]["epochs"], many["train"]["epochs"], strict=False):
+    return [relative(x, y) for x, y in zip(a[:n], b[:n], strict=True)], n
+
+
+def matched_epochs(one: dict, other: dict) -> list[dict]:
+    """The validation loss and AUC of both runs at each epoch's end (the same step in both)."""
+    out = []
+    for e1, e2 in zip(one["train"]["epochs"], other["train"]["epochs"], strict=False):
         if e1.get("val_loss") is None or e2.get("val_loss") is None:
             continue
-        epochs.append(
+        out.append(
             {
                 "phase": e1["phase"],
                 "step": e1["step"],
@@ -113,14 +120,39 @@ def compare(args: argparse.Namespace, common: list[str]) -> dict:
                 "val_auc": [e1["val_metric"], e2["val_metric"]],
             }
         )
+    return out
+
+
+def compare(args: argparse.Namespace, common: list[str]) -> dict:
+    """Both runs on a scratch copy of the data folder; print the table and return the figures."""
+    parallel = [f"textmodel.train.workers={args.workers}", *([f"ray.address={args.address}"] if args.address else [])]
+    with tempfile.TemporaryDirectory(prefix="ddp-bench-") as scratch:
+        data = Path(scratch) / "data"
+        shutil.copytree(args.data, data, ignore=shutil.ignore_patterns("textmodel", "mlflow", "scores*", "replay*"))
+        one = run("1 worker (in process)", data, common)
+        many = run(f"{args.workers} workers (Ray Train)", data, [*common, *parallel])
+        floor = None
+        if args.floor_batch_tokens:
+            regroup = f"textmodel.train.encode_batch_tokens={args.floor_batch_tokens}"
+            floor = run("floor: 1 worker, items regrouped", data, [*common, regroup])
+    step_rel, n = first_steps(one, many)
+    epochs = matched_epochs(one, many)
+    floor_steps, _ = first_steps(one, floor) if floor else ([float("nan")], 0)
+    floor_epochs = matched_epochs(one, floor) if floor else []
+    a, b = one["train"]["step_losses"], many["train"]["step_losses"]
     out = {
         "workers": args.workers,
         "address": args.address,
         "loopback_cluster": args.loopback_cluster,
         "overrides": common,
         "steps": [len(a), len(b)],
+        "first_steps_rel": step_rel,
         "first_steps_max_rel": max(step_rel),
         "first_steps_goal": 1e-3,
+        "floor_batch_tokens": args.floor_batch_tokens or None,
+        "floor_first_steps_rel": floor_steps if floor else None,
+        "floor_first_steps_max_rel": max(floor_steps),
+        "floor_val_loss_rel": [e["val_loss_rel"] for e in floor_epochs],
         "epochs": epochs,
         "val_loss_max_rel": max((e["val_loss_rel"] for e in epochs), default=float("nan")),
         "val_loss_goal": 0.01,
@@ -129,13 +161,18 @@ def compare(args: argparse.Namespace, common: list[str]) -> dict:
         "distributed": many["distributed"],
         "impression_auc": [one["impression_auc"], many["impression_auc"]],
     }
-    print(f"\n{'':28s}{'1 worker':>12s}{str(args.workers) + ' workers':>12s}{'rel diff':>10s}")
+    floor_rel = {e["step"]: e["val_loss_rel"] for e in floor_epochs}
+    print(f"\n{'':28s}{'1 worker':>12s}{str(args.workers) + ' workers':>12s}{'rel diff':>10s}{'floor':>10s}")
     print(f"{'steps':28s}{len(a):12d}{len(b):12d}")
-    print(f"{'first ' + str(n) + ' step losses (max)':28s}{'':24s}{out['first_steps_max_rel']:10.2e}")
+    print(
+        f"{'first ' + str(n) + ' step losses (max)':28s}{'':24s}{out['first_steps_max_rel']:10.2e}"
+        f"{out['floor_first_steps_max_rel']:10.2e}"
+    )
     for e in epochs:
         print(
             f"{'val loss @ step ' + str(e['step']) + ' (' + e['phase'] + ')':28s}"
             f"{e['val_loss'][0]:12.5f}{e['val_loss'][1]:12.5f}{e['val_loss_rel']:10.2e}"
+            f"{floor_rel.get(e['step'], float('nan')):10.2e}"
         )
     print(f"{'val AUC (exported)':28s}{one['impression_auc']['val']:12.4f}{many['impression_auc']['val']:12.4f}")
     print(f"{'seconds (whole stage)':28s}{one['wall_seconds']:12.0f}{many['wall_seconds']:12.0f}")
