@@ -187,6 +187,12 @@ class DistributedTrainConfig(_Strict):
         description="Ray Train storage (checkpoints, worker records, spilled cache shards): a folder path every "
         "node sees at the same place (NFS, a mounted bucket); not a URI. null = <data.dir>/ray_train.",
     )
+    resume: str | None = Field(
+        default=None,
+        description="Continue this Ray Train run (the name `recrank textmodel train` printed, a folder under the "
+        "storage) from its latest registered checkpoint, after its driver died (a crash, its machine lost). Refused "
+        "when the run was started with other training settings, backbone or data. null = a new run.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -295,6 +301,12 @@ class TrainConfig(_Strict):
         if value is not None and value != "champion" and not (value.isdigit() and int(value) > 0):
             raise ValueError(f"expected 'champion' or a textmodel version number, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _resume_needs_ray_train(self) -> TrainConfig:
+        if self.distributed.resume is not None and self.workers == 1:
+            raise ValueError("distributed.resume continues a Ray Train run: it needs workers > 1 (as the run had)")
+        return self
 
     @field_validator("since")
     @classmethod

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="data-parallel workers on Ray Train; 1 = in this process (textmodel.train.workers)"
     )
     tm_train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue this Ray Train run after its driver stopped (textmodel.train.distributed.resume)",
+    )
+    tm_train.add_argument(
         "--address", help="Ray cluster to train on: its GCS address HEAD_IP:6379, or auto on a node (ray.address)"
     )
     command(tm, "embed", "re-encode the catalogue with the saved model; rewrite interest scores")
@@ -145,6 +150,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
             ("since", "textmodel.train.since"),
             ("workers", "textmodel.train.workers"),
             ("address", "ray.address"),
+            ("resume", "textmodel.train.distributed.resume"),
         ):
             value = getattr(args, flag)
             if value is not None:

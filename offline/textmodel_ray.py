@@ -17,7 +17,9 @@ The run, from the driver (``recrank textmodel train``, :func:`train_on_ray`):
    single-process ones (every worker validates on the same weights and takes the same decision).
 3. **Checkpoints**: rank 0 hands Ray Train a resumable state (``textmodel.resume``) at each epoch's end and
    every ``checkpoint_every_steps`` steps. When a worker dies, Ray Train restarts the group (up to
-   ``max_failures`` times) and each worker continues from the latest checkpoint, step for step.
+   ``max_failures`` times) and each worker continues from the latest checkpoint, step for step. When the
+   driver itself stopped, ``--resume RUN`` continues the run under the same name (``offline.train_runs``:
+   refused unless it trains the same thing).
 4. **The result**: the final weights and the training log come back in the last checkpoint; the driver loads
    them into its own model and the rest (scores of every split, cross-fitting, the artifact) is the
    single-process code. Every worker writes a record (rank, pid, Ray node id, attempt) under
@@ -42,6 +44,7 @@ import ray
 
 from conf import Config
 from conf.progress import say
+from offline.train_runs import SNAPSHOT_FILE, check_resume, new_run_name, run_identity, start_run
 
 WORKERS_DIR = "workers"
 CACHE_DIR = "cache"
@@ -279,6 +282,17 @@ def _train_worker(config: dict[str, Any]) -> None:
     report({"final": True, "weights": trainer.trainable_state(), "result": result.to_json()})
 
 
+def _identity(cfg: Config, backbone, encoder, train, val, parent, total_steps: int) -> dict[str, Any]:
+    """What this run trains (``offline.train_runs``): config, backbone, impressions and tokens, parent, steps."""
+    arrays = [encoder.tokens.ids.numpy(), encoder.tokens.lengths.numpy()]
+    for split in (train, val):
+        arrays += [split.history, split.row_item, split.row_impression, split.row_label]
+        arrays += [a for a in (split.impression_ts, split.row_offset) if a is not None]
+    parent_version = None if parent is None else str(parent.version)
+    textmodel = cfg.textmodel.model_dump(mode="json")
+    return run_identity(textmodel, backbone.identity.sha256, arrays, parent_version, total_steps)
+
+
 def train_on_ray(
     cfg: Config,
     backbone,
@@ -303,11 +317,16 @@ def train_on_ray(
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < workers:
         raise DistributedTrainError(f"textmodel.train.workers={workers}: the Ray cluster has {cpus:g} CPU(s)")
+    root = storage_root(cfg)
+    identity = _identity(cfg, backbone, encoder, train, val, parent, total_steps)
+    name = dist_cfg.resume or new_run_name()
+    if dist_cfg.resume:
+        check_resume(root, name, identity)  # before any work: a refused resume costs nothing
+    else:
+        start_run(root, name, identity)
     started = time.perf_counter()
     cache = share_cache(cfg, backbone.identity, encoder.tokens, backbone.identity.hidden_size, workers, progress)
     encoder.cache = cache.open()
-    root = storage_root(cfg)
-    name = time.strftime("textmodel-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
     records = root / name / WORKERS_DIR
     parent_ref = None if parent is None else ray.put((parent.weights, parent.trainer_state))
     config = {
@@ -320,7 +339,8 @@ def train_on_ray(
         "total_steps": total_steps,
         "records": str(records),
     }
-    say(f"Ray Train: {workers} worker(s) ({'GPU' if gpu else 'CPU'}), run {name} in {root}", progress)
+    action = "resuming run" if dist_cfg.resume else "run"
+    say(f"Ray Train: {workers} worker(s) ({'GPU' if gpu else 'CPU'}), {action} {name} in {root}", progress)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=config,
@@ -336,7 +356,8 @@ def train_on_ray(
     try:
         outcome = trainer.fit()
     except Exception as exc:  # Ray Train raises its own error types; the cause is in the message
-        raise DistributedTrainError(f"Ray Train run {name} failed: {exc}") from exc
+        again = f" (continue it with --resume {name})" if (root / name / SNAPSHOT_FILE).is_file() else ""
+        raise DistributedTrainError(f"Ray Train run {name} failed{again}: {exc}") from exc
     if outcome.checkpoint is None:
         raise DistributedTrainError(f"Ray Train run {name} ended without a checkpoint")
     from textmodel.resume import load_state
