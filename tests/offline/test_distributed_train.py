@@ -3,8 +3,9 @@
 The tiny world trained three times with the same seed and schedule, LoRA dropout off (each worker would
 draw its own masks) and no cross-fitting (driver-side code, the same either way): in this process
 (``workers=1``), on the cluster with two Ray Train workers, and on the cluster again with one worker killed by
-pid after a checkpoint. Both cluster runs must have trained on both nodes and follow the single-process
-loss trajectory step for step; the killed run must have restarted from its checkpoint and end the same.
+pid after a checkpoint; and once more with the driver (the ``recrank`` process) killed, then continued with
+``--resume RUN``. Both cluster runs must have trained on both nodes and follow the single-process loss
+trajectory step for step; the killed runs must have restarted from their checkpoint and end the same.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psutil
 import pytest
 from sample_data import TEXT_OVERRIDES, TINY_SYNTHETIC
 
@@ -76,15 +80,19 @@ def _train(args: list[str], *extra: str) -> dict:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs the rank-1 training worker once Ray Train has registered a mid-run checkpoint.
+    """SIGKILLs a process of the run once Ray Train has registered a mid-run checkpoint: the rank-1 training
+    worker (``victim=None``) or the given pid (the driver).
 
     Registered, not just written: Ray Train's controller takes a reported checkpoint when it next polls the
     workers (its ``checkpoint_manager_snapshot.json`` then names it); a worker killed before that restarts
     the group from the checkpoint before (here: from scratch, which would prove nothing)."""
 
-    def __init__(self, storage: Path) -> None:
+    def __init__(self, storage: Path, victim: int | None = None) -> None:
         super().__init__(daemon=True)
-        self.storage, self.killed, self.stop = storage, None, threading.Event()
+        self.storage, self.victim, self.stop = storage, victim, threading.Event()
+        self.killed: dict | None = None  # the killed worker's record, or {"pid": driver pid}
+        self.run_name: str | None = None
+        self.workers: list[dict] = []  # the worker records when the kill happened
 
     def _registered_steps(self) -> int:
         for snapshot in self.storage.glob("textmodel-*/checkpoint_manager_snapshot.json"):
@@ -94,19 +102,49 @@ class Killer(threading.Thread):
                 continue
             metrics = latest.get("metrics") or {}
             if not metrics.get("final"):
+                self.run_name = snapshot.parent.name
                 return int(metrics.get("steps", 0))
         return 0
 
     def run(self) -> None:
         deadline = time.monotonic() + 600
         while not self.stop.is_set() and time.monotonic() < deadline:
-            records = sorted(self.storage.glob(f"textmodel-*/{WORKERS_DIR}/rank1-*.json"))
-            if records and self._registered_steps() >= CHECKPOINT_EVERY:
-                record = json.loads(records[0].read_text())
-                os.kill(record["pid"], signal.SIGKILL)
-                self.killed = record
+            records = sorted(self.storage.glob(f"textmodel-*/{WORKERS_DIR}/rank*.json"))
+            if len(records) >= 2 and self._registered_steps() >= CHECKPOINT_EVERY:
+                self.workers = [json.loads(p.read_text()) for p in records]
+                target = self.victim or next(r["pid"] for r in self.workers if r["rank"] == 1)
+                os.kill(target, signal.SIGKILL)
+                self.killed = next((r for r in self.workers if r["pid"] == target), {"pid": target})
                 return
             self.stop.wait(0.1)
+
+
+def _kill_the_driver(data: Path, args: list[str], cluster: list[str]) -> tuple[Killer, list[int]]:
+    """``recrank textmodel train`` as a separate process, SIGKILLed after a mid-run checkpoint; returns the
+    killer (the run's name) and the worker pids that were still alive a minute later (Ray ends a dead
+    driver's actors: none should be)."""
+    log = data.parent / "killed-driver.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen(
+            [str(Path(sys.executable).parent / "recrank"), "textmodel", "train", *args, *cluster],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    killer = Killer(data / "ray_train", victim=driver.pid)
+    killer.start()
+    try:
+        rc = driver.wait(timeout=600)
+    finally:
+        killer.stop.set()
+        killer.join()
+        if driver.poll() is None:
+            driver.kill()
+    assert killer.killed is not None and rc == -signal.SIGKILL, f"the driver ended first ({rc}): {log.read_text()}"
+    pids = [r["pid"] for r in killer.workers]
+    deadline = time.monotonic() + 60
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return killer, [p for p in pids if psutil.pid_exists(p)]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +157,7 @@ def runs(ray_cluster: LoopbackCluster, model_cache: Path, tmp_path_factory) -> d
     cfg = load_config(None, _args(base, model_cache))
     prepare_dataset(cfg.data, progress=False)
     build_features(base, FeatureSpec.from_config(cfg))
-    folders = {name: root / name for name in ("single", "cluster", "killed")}
+    folders = {name: root / name for name in ("single", "cluster", "killed", "driver")}
     for folder in folders.values():
         shutil.copytree(base, folder)
     cluster = ["--workers", "2", "--address", ray_cluster.address]
@@ -141,6 +179,17 @@ def runs(ray_cluster: LoopbackCluster, model_cache: Path, tmp_path_factory) -> d
         killer.join()
     out["killed"] = Run(meta, folders["killed"] / "ray_train", killed=killer.killed)
     return out
+
+
+@pytest.fixture(scope="module")
+def driver_resumed(runs: dict[str, Run], ray_cluster: LoopbackCluster, model_cache: Path) -> tuple[Run, list[int]]:
+    """A run whose driver (the ``recrank`` process) was killed, continued with ``--resume RUN``; and the
+    worker pids that outlived the killed driver."""
+    data = runs["single"].storage.parent.parent / "driver"  # a copy of the fresh data folder (``runs``)
+    args, cluster = _args(data, model_cache), ["--workers", "2", "--address", ray_cluster.address]
+    driver, alive = _kill_the_driver(data, args, cluster)
+    meta = _train(args, *cluster, "--resume", driver.run_name)
+    return Run(meta, data / "ray_train", killed=driver.killed), alive
 
 
 def test_both_nodes_trained_and_each_worker_recorded_its_node(runs: dict[str, Run], ray_cluster) -> None:
@@ -200,3 +249,23 @@ def test_training_listens_on_loopback_only(runs: dict[str, Run]) -> None:
         if not x.loopback and (x.pid, x.port) not in rendezvous
     )
     assert not exposed, f"beyond loopback (allowed only: {TCPSTORE_REASON} at {rendezvous})"
+
+
+def test_a_killed_driver_is_resumed_from_its_checkpoint(driver_resumed: tuple[Run, list[int]], runs) -> None:
+    """``--resume RUN`` after the driver died: the same run name, a second attempt from the registered
+    checkpoint, and the run ends as the uninterrupted one did."""
+    run, outlived = driver_resumed
+    assert not outlived, f"worker pids {outlived} outlived their driver"
+    dist = run.meta["distributed"]
+    records = dist["worker_records"]
+    first = [r for r in records if r["attempt"] == 1]
+    second = [r for r in records if r["attempt"] == 2]
+    assert sorted(r["rank"] for r in first) == sorted(r["rank"] for r in second) == [0, 1]
+    assert run.killed["pid"] not in {r["pid"] for r in records}  # the driver, not a worker, was killed
+    steps = run.meta["train"]["steps"]
+    resumed = {r["resumed_from_step"] for r in second}
+    assert len(resumed) == 1 and CHECKPOINT_EVERY <= resumed.pop() < steps
+    assert steps == runs["single"].meta["train"]["steps"]
+    np.testing.assert_allclose(run.losses, runs["single"].losses, rtol=LOSS_RTOL)
+    assert run.meta["train"]["best_epoch"] == runs["single"].meta["train"]["best_epoch"]
+    assert run.meta["config"]["train"]["distributed"]["resume"] == dist["run"]
