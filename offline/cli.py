@@ -377,11 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conf import ConfigError
     from features.schema import DataValidationError
     from features.store import StoreLockedError
+    from offline.train_runs import DistributedTrainError
     from ranker.loading import ModelPairError
 
+    known = (ConfigError, DataValidationError, FileNotFoundError, ValueError, ModelPairError, StoreLockedError)
     try:
         return run(args)
-    except (ConfigError, DataValidationError, FileNotFoundError, ValueError, ModelPairError, StoreLockedError) as exc:
+    except (*known, DistributedTrainError) as exc:
         err_console.print(f"recrank: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

@@ -44,15 +44,18 @@ import ray
 
 from conf import Config
 from conf.progress import say
-from offline.train_runs import SNAPSHOT_FILE, check_resume, new_run_name, run_identity, start_run
+from offline.train_runs import (
+    SNAPSHOT_FILE,
+    DistributedTrainError,
+    check_resume,
+    new_run_name,
+    run_identity,
+    start_run,
+)
 
 WORKERS_DIR = "workers"
 CACHE_DIR = "cache"
 OBJECT_STORE_SHARE = 0.5  # ``auto`` keeps the cache in the object store up to half the smallest node's store
-
-
-class DistributedTrainError(RuntimeError):
-    """The distributed text-model run cannot start or did not finish (the message says which part)."""
 
 
 @dataclass

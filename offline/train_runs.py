@@ -29,6 +29,10 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a ru
 RESUMABLE = ("train.distributed", "cache_dir")
 
 
+class DistributedTrainError(RuntimeError):
+    """The distributed text-model run cannot start or did not finish (the message says which part)."""
+
+
 class ResumeError(ValueError):
     """``--resume RUN`` cannot continue that run (the message says why and what to do)."""
 

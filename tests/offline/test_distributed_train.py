@@ -269,3 +269,23 @@ def test_a_killed_driver_is_resumed_from_its_checkpoint(driver_resumed: tuple[Ru
     np.testing.assert_allclose(run.losses, runs["single"].losses, rtol=LOSS_RTOL)
     assert run.meta["train"]["best_epoch"] == runs["single"].meta["train"]["best_epoch"]
     assert run.meta["config"]["train"]["distributed"]["resume"] == dist["run"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "3"], "textmodel.train.workers=3: the Ray cluster has 2 CPU(s)"),
+        (["--workers", "2", "--resume", "textmodel-none"], "--resume textmodel-none: no recrank run in"),
+    ],
+)
+def test_a_run_that_cannot_start_fails_in_one_line(
+    runs: dict[str, Run], ray_cluster: LoopbackCluster, model_cache: Path, capsys, extra: list[str], message: str
+) -> None:
+    """Too many workers for the cluster, or an unknown run to resume: exit 2, one line naming it, no traceback."""
+    data = runs["single"].storage.parent  # trained already: nothing of it is touched by a refused run
+    before = sorted(p.name for p in (data / "ray_train").glob("*"))
+    capsys.readouterr()
+    code = main(["textmodel", "train", *_args(data, model_cache), "--address", ray_cluster.address, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert sorted(p.name for p in (data / "ray_train").glob("*")) == before
