@@ -48,6 +48,9 @@ SCHEDULE = [
     "textmodel.train.max_steps_per_epoch=12",
     f"textmodel.train.distributed.checkpoint_every_steps={CHECKPOINT_EVERY}",
 ]
+# The killed runs share the lower-layer cache as .npy shards on disk (what `auto` picks for a cache too big for
+# the object store): restarted workers memory-map them again, and the resumed driver reuses them.
+DISK_CACHE = "textmodel.train.distributed.shared_cache=disk"
 LOSS_RTOL = 1e-3  # issue #16: each step's loss within 1e-3 (relative) of one worker with the same global batch
 WORKERS_DIR = "workers"  # offline.textmodel_ray.WORKERS_DIR (that module imports ray: see tests/ray_cluster.py)
 
@@ -56,6 +59,11 @@ WORKERS_DIR = "workers"  # offline.textmodel_ray.WORKERS_DIR (that module import
 # option for it (the libuv server listens on every interface); it lives only while the workers train. It is
 # allowed by exact process and port (the workers record MASTER_PORT), never by process name alone.
 TCPSTORE_REASON = "torch.distributed TCPStore of rank 0: no bind-address option in torch 2.13"
+
+
+def resumed_steps(run: Run) -> int:
+    """The step a restarted run resumed from (its second attempt's records)."""
+    return next(r["resumed_from_step"] for r in run.meta["distributed"]["worker_records"] if r["attempt"] == 2)
 
 
 @dataclass
@@ -173,7 +181,7 @@ def runs(ray_cluster: LoopbackCluster, model_cache: Path, tmp_path_factory) -> d
     killer = Killer(folders["killed"] / "ray_train")
     killer.start()
     try:
-        meta = _train(_args(folders["killed"], model_cache), *cluster)
+        meta = _train([*_args(folders["killed"], model_cache), DISK_CACHE], *cluster)
     finally:
         killer.stop.set()
         killer.join()
@@ -186,7 +194,7 @@ def driver_resumed(runs: dict[str, Run], ray_cluster: LoopbackCluster, model_cac
     """A run whose driver (the ``recrank`` process) was killed, continued with ``--resume RUN``; and the
     worker pids that outlived the killed driver."""
     data = runs["single"].storage.parent.parent / "driver"  # a copy of the fresh data folder (``runs``)
-    args, cluster = _args(data, model_cache), ["--workers", "2", "--address", ray_cluster.address]
+    args, cluster = [*_args(data, model_cache), DISK_CACHE], ["--workers", "2", "--address", ray_cluster.address]
     driver, alive = _kill_the_driver(data, args, cluster)
     meta = _train(args, *cluster, "--resume", driver.run_name)
     return Run(meta, data / "ray_train", killed=driver.killed), alive
@@ -234,6 +242,13 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(runs: dict[str, Run], 
     assert steps == runs["single"].meta["train"]["steps"]
     np.testing.assert_allclose(run.losses, runs["single"].losses, rtol=LOSS_RTOL)  # the same run, step for step
     assert run.meta["train"]["best_epoch"] == runs["single"].meta["train"]["best_epoch"]
+    cache = dist["cache"]
+    assert cache["mode"] == "disk" and not cache["reused"] and cache["shards"] == 2
+    shards = sorted(p.name for p in run.storage.glob("cache/*/shard-*.npy"))
+    assert shards == ["shard-000-of-002.npy", "shard-001-of-002.npy"]
+    # the same shards as the object store held, and an exact resume: the uninterrupted cluster run's losses
+    assert run.losses[: resumed_steps(run)] == runs["cluster"].losses[: resumed_steps(run)]
+    assert run.losses == runs["cluster"].losses
 
 
 def test_training_listens_on_loopback_only(runs: dict[str, Run]) -> None:
@@ -269,6 +284,7 @@ def test_a_killed_driver_is_resumed_from_its_checkpoint(driver_resumed: tuple[Ru
     np.testing.assert_allclose(run.losses, runs["single"].losses, rtol=LOSS_RTOL)
     assert run.meta["train"]["best_epoch"] == runs["single"].meta["train"]["best_epoch"]
     assert run.meta["config"]["train"]["distributed"]["resume"] == dist["run"]
+    assert dist["cache"]["mode"] == "disk" and dist["cache"]["reused"]  # the killed driver's shards
 
 
 @pytest.mark.parametrize(
@@ -289,3 +305,15 @@ def test_a_run_that_cannot_start_fails_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert sorted(p.name for p in (data / "ray_train").glob("*")) == before
+
+
+def test_the_cache_goes_to_disk_when_it_would_take_over_half_the_smallest_store() -> None:
+    from offline.textmodel_ray import cache_mode  # imports ray: only once the cluster fixture set it up
+
+    mb = 2**20
+    assert cache_mode("auto", 100 * mb, [512 * mb, 300 * mb]) == "object_store"  # 100 <= 150
+    assert cache_mode("auto", 151 * mb, [512 * mb, 300 * mb]) == "disk"  # the smallest node decides
+    assert cache_mode("auto", int(1.3 * 1024) * mb, [512 * mb]) == "disk"  # the 256-token Amazon cache
+    assert cache_mode("auto", 1, []) == "disk"  # no node reported a store
+    assert cache_mode("object_store", 10**12, [512 * mb]) == "object_store"  # forced either way
+    assert cache_mode("disk", 1, [512 * mb]) == "disk"
