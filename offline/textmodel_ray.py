@@ -144,6 +144,20 @@ def _cache_shard(cfg_json: dict, tokens, start: int, stop: int, path: str | None
     return path, node
 
 
+def _resolved_lower_dtype(cfg: Config) -> Config:
+    """``cfg`` with ``lower_dtype: auto`` resolved once, here on the driver, for the CPU the shard tasks run
+    on: every shard is computed in one dtype, whatever each node would pick, and a cache on disk is keyed by
+    the dtype it holds, not by ``auto`` (a reused cache was computed the way this run would compute it)."""
+    import torch
+
+    from textmodel.model import resolve_lower_dtype
+
+    dtype = resolve_lower_dtype(cfg.textmodel.lower_dtype, torch.device("cpu"))
+    resolved = cfg.model_copy(deep=True)
+    resolved.textmodel.lower_dtype = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    return resolved
+
+
 def _cache_key(cfg: Config, identity, tokens) -> str:
     """What the lower-layer states depend on: the backbone's content, the cut, the dtype and the token ids."""
     tm = cfg.textmodel
@@ -157,6 +171,7 @@ def share_cache(cfg: Config, identity, tokens, hidden: int, workers: int, progre
     """Compute the lower-layer cache once per item, one contiguous shard per worker, spread over the nodes."""
     from textmodel.parallel import share_bounds
 
+    cfg = _resolved_lower_dtype(cfg)
     n, width = tokens.ids.shape
     nbytes = n * width * hidden * 4
     mode = cache_mode(cfg.textmodel.train.distributed.shared_cache, nbytes, _node_stores())
