@@ -195,6 +195,23 @@ class DistributedTrainConfig(_Strict):
     )
 
 
+class GuardConfig(_Strict):
+    """When a candidate model replaces a reference: a paired comparison on held-out impressions.
+
+    The candidate wins only when the lower end of the paired 95% bootstrap interval (over impressions) of its
+    gain on ``metric`` is above ``min_gain``: a gain that resampling the impressions does not erase. Otherwise
+    the reference is kept. Resamples and seed are ``evaluation.bootstrap_samples`` and ``evaluation.seed``.
+    """
+
+    metric: Literal["auc", "ndcg_at_10", "ndcg_at_5", "mrr"] = Field(
+        description="Impression-mean metric the two models are compared on."
+    )
+    min_gain: float = Field(
+        default=0.0,
+        description="The interval's lower end must be above this gain (0: better beyond the noise of the set).",
+    )
+
+
 class TrainConfig(_Strict):
     """Click-label training of the text model."""
 
@@ -260,6 +277,20 @@ class TrainConfig(_Strict):
         "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
         "random folds of impressions (heads see the other folds' later clicks too).",
+    )
+    selection_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="The latest share of the (windowed) train impressions, by time, that the text model is "
+        "selected on and never trained on: its early stopping, the cross-fitted heads' early stopping, and the "
+        "probe-or-adapted export decision. The ranker's validation split is never shown to the text model, so "
+        "it can judge the ranker built on the interest score without the bias of having selected it.",
+    )
+    export_guard: GuardConfig = Field(
+        default_factory=lambda: GuardConfig(metric="auc"),
+        description="The adapted (fine-tuned) text model is exported only when it beats the frozen-backbone head "
+        "(the probe) of the same run on the selection impressions by this rule; otherwise the probe is exported.",
     )
     workers: int = Field(
         default=1,
@@ -404,6 +435,11 @@ class RankerConfig(_Strict):
         gt=1, le=10000, description="LightGBM's per-query row limit: longer impressions are cut into chunks."
     )
     seed: int = Field(description="Seed of LightGBM's sampling.")
+    text_guard: GuardConfig = Field(
+        default_factory=lambda: GuardConfig(metric="ndcg_at_10"),
+        description="With use_text, the combined ranker is shipped (registered) only when it beats the "
+        "features-only ranker on the validation impressions by this rule; otherwise the features-only one is.",
+    )
     params: LightGBMParams
     distributed: RankerDistributedConfig
     tune: dict[str, list[float]] = Field(

@@ -181,7 +181,7 @@ def print_metrics(result) -> None:
 
 def print_training(summary: dict) -> None:
     table = Table(title=f"text model: {summary['model_dir']}")
-    for head in ("epoch", "phase", "train loss", "val AUC", "val AUC (text part)", "steps", "seconds"):
+    for head in ("epoch", "phase", "train loss", "selection AUC", "selection AUC (text part)", "steps", "seconds"):
         table.add_column(head)
     for e in summary["train"]["epochs"]:
         text = e.get("val_text")
@@ -198,11 +198,17 @@ def print_training(summary: dict) -> None:
     train = summary["train"]
     if "best_phase" in train:
         console.print(
-            f"exported: epoch {train['best_epoch']} ({train['best_phase']}); best val by phase {train['best_by_phase']}"
+            f"best epoch {train['best_epoch']} ({train['best_phase']}); best selection AUC by phase "
+            f"{train['best_by_phase']}"
         )
+    export = summary.get("export")
+    if export:
+        console.print(f"exported: {export['exported']} ({export['reason']})", markup=False, highlight=False)
     aucs = summary["impression_auc"]
+    test = f"  test {aucs['test']:.4f}" if "test" in aucs else ""
+    selection = f"  selection {aucs['selection']:.4f}" if "selection" in aucs else ""
     console.print(
-        f"impression-mean AUC: train {aucs['train']:.4f}  val {aucs['val']:.4f}  test {aucs['test']:.4f}  "
+        f"impression-mean AUC: train {aucs['train']:.4f}{selection}  val {aucs['val']:.4f}{test}  "
         f"({summary['total_seconds']:.0f} s total, lower-layer cache {summary['cache_seconds']:.0f} s, "
         f"{summary['train']['seconds_per_step']:.2f} s/step)"
     )
@@ -252,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         run = _timed("ranker", lambda: ranker_stage.train_ranker(cfg))
         result, out = ranker_stage.evaluate_run(cfg, run)
         print_metrics(result)
+        print_shipped(run)
         console.print(f"report: {out}/report.md")
     elif args.command == "evaluate":
         from offline import ranker_stage
@@ -295,20 +302,30 @@ def register(cfg, metrics: dict[str, float] | None = None) -> dict[str, str]:
     run = ranker_stage.load_ranker_run(cfg)
     if metrics is None:
         result, _ = ranker_stage.evaluate_run(cfg, run)
-        metrics = result.systems["ranker"].metrics
-    text_version = registry.register_textmodel(cfg, model_dir(cfg)) if run.inputs.uses_text else None
-    ranker_version = registry.register_ranker(cfg, run, text_version, metrics)
+        metrics = result.systems[run.shipped_system].metrics
+    shipped = run.shipped()  # the features-only ranker when the combined one did not beat it on validation
+    text_version = registry.register_textmodel(cfg, model_dir(cfg)) if shipped.inputs.uses_text else None
+    ranker_version = registry.register_ranker(cfg, shipped, text_version, metrics)
     return {"textmodel": text_version or "-", "ranker": ranker_version}
+
+
+def print_shipped(run) -> None:
+    """Which ranker `register` will log: the combined one, or features-only when text did not earn its place."""
+    if run.guard is not None:
+        console.print(f"shipped ranker: {run.guard.reason}", markup=False, highlight=False)
 
 
 def print_versions(cfg, versions: dict[str, str]) -> None:
     from offline.tracking import ui_command
 
     prefix = cfg.mlflow.model_prefix
-    console.print(
-        f"registered {prefix}-textmodel version {versions['textmodel']}, "
-        f"{prefix}-ranker version {versions['ranker']} (pins textmodel {versions['textmodel']})"
-    )
+    if versions["textmodel"] == "-":
+        console.print(f"registered {prefix}-ranker version {versions['ranker']} (features only: no text model)")
+    else:
+        console.print(
+            f"registered {prefix}-textmodel version {versions['textmodel']}, "
+            f"{prefix}-ranker version {versions['ranker']} (pins textmodel {versions['textmodel']})"
+        )
     console.print(f"MLflow UI: {ui_command(cfg)}")
 
 
@@ -355,8 +372,9 @@ def run_pipeline(cfg) -> None:
     run = _timed("ranker", lambda: ranker_stage.train_ranker(cfg))
     result, out = _timed("evaluate", lambda: ranker_stage.evaluate_run(cfg, run))
     print_metrics(result)
+    print_shipped(run)
     console.print(f"report: {out}/report.md, {out}/metrics.json")
-    versions = _timed("register", lambda: register(cfg, result.systems["ranker"].metrics))
+    versions = _timed("register", lambda: register(cfg, result.systems[run.shipped_system].metrics))
     print_versions(cfg, versions)
     print_decision(_timed("promote", lambda: registry.promote(cfg)))
 

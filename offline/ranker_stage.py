@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from conf import Config
+from conf.progress import say
 from conf.runtime import start_ray
 from features import (
     FeatureSpec,
@@ -34,19 +35,25 @@ from features.io import atomic_path
 from features.sources import PointInTimeFeatures
 from offline.report import REPORT_DIR, write_report
 from offline.textmodel_stage import INTEREST_FILE
-from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
-from ranker.frame import RankerInputs, fit_rows, ranking_frame, split_rows
+from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems, score_metrics
+from ranker.frame import REPORT_ONLY_TEXT, RankerInputs, fit_rows, ranking_frame, split_rows
 from ranker.freshness import FreshnessResult, Replay, evaluate_freshness
-from ranker.lambdarank import FitResult, fit_ranker
+from ranker.guard import GuardDecision, decide
+from ranker.lambdarank import FitResult, fit_ranker, predict
 from ranker.pipeline import RankingPipeline
 from ranker.slices import new_item_ids
 
 RANKER_DIR = "ranker"
+COMBINED, FEATURES_ONLY = "ranker", "lightgbm_features_only"  # the report's names of the two rankers
 
 
 @dataclass
 class RankerRun:
-    """A fitted ranker with everything needed to evaluate, register and serve it."""
+    """A fitted ranker with everything needed to evaluate, register and serve it.
+
+    With text, two rankers are fitted: the combined one (``fit``) and the same LightGBM without the text
+    features (``features_only``); ``guard`` says which of them is shipped (registered and served).
+    """
 
     fit: FitResult
     inputs: RankerInputs
@@ -54,6 +61,21 @@ class RankerRun:
     frame: pl.DataFrame  # the full ranking frame (all splits)
     features_only: FitResult | None = None  # the same LightGBM without the text features, for the report
     features_only_inputs: RankerInputs | None = None
+    guard: GuardDecision | None = None  # combined vs features-only on the validation impressions
+
+    @property
+    def shipped_system(self) -> str:
+        """The report's name of the ranker that is registered: ``ranker`` (the combined one, or the only one
+        without text) or ``lightgbm_features_only`` (when the combined one did not earn its place)."""
+        if self.guard is None or self.guard.accepted:
+            return COMBINED
+        return FEATURES_ONLY
+
+    def shipped(self) -> RankerRun:
+        """This run reduced to the ranker that is shipped (what registration logs), its guard kept."""
+        if self.shipped_system == COMBINED:
+            return self
+        return RankerRun(self.features_only, self.features_only_inputs, self.spec, self.frame, guard=self.guard)
 
 
 def load_ranking_frame(cfg: Config, inputs: RankerInputs) -> pl.DataFrame:
@@ -83,6 +105,7 @@ def train_ranker(cfg: Config) -> RankerRun:
                 fit_rows(frame, plain_cfg.train_split, plain), split_rows(frame, "val"), plain, plain_cfg
             )
             run.features_only_inputs = plain
+            run.guard = text_guard(cfg, run)
     finally:
         if started:
             import ray
@@ -92,11 +115,28 @@ def train_ranker(cfg: Config) -> RankerRun:
     return run
 
 
+def text_guard(cfg: Config, run: RankerRun) -> GuardDecision:
+    """Combined vs features-only on the validation impressions (``ranker.text_guard``): the combined ranker is
+    shipped only when its gain there is beyond the noise of the set. The text model never saw these
+    impressions (it is selected on its own), so they can judge what its scores add."""
+    val = split_rows(run.frame, "val")
+    combined = predict(run.fit.booster, val, run.inputs, num_threads=0)
+    plain = predict(run.features_only.booster, val, run.features_only_inputs, num_threads=0)
+    ev = cfg.evaluation
+    decision = decide(
+        val, combined, plain, cfg.ranker.text_guard, ev.bootstrap_samples, ev.seed, (COMBINED, FEATURES_ONLY), "val"
+    )
+    say(f"ranker shipped: {decision.reason}")
+    return decision
+
+
 def save_ranker(run: RankerRun, folder: Path) -> None:
     """``DIR/ranker``: the boosters (combined, features-only) as LightGBM text and their metadata."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        meta = {"feature_spec": run.spec.to_json()}
+        meta = {"feature_spec": run.spec.to_json(), "shipped": run.shipped_system}
+        if run.guard is not None:
+            meta["text_guard"] = run.guard.to_json()
         for name, fit, inputs in (
             ("combined", run.fit, run.inputs),
             ("features_only", run.features_only, run.features_only_inputs),
@@ -148,6 +188,7 @@ def load_ranker_run(cfg: Config) -> RankerRun:
         frame=load_ranking_frame(cfg, inputs),
         features_only=plain,
         features_only_inputs=plain_inputs,
+        guard=GuardDecision.from_json(meta["text_guard"]) if "text_guard" in meta else None,
     )
 
 
@@ -198,6 +239,8 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     scored = part.with_columns(pl.Series("score_ranker", pipeline.score_rows(rows, source, num_threads=0)))
     systems = dict(BASELINES)
     if run.inputs.uses_text:
+        if REPORT_ONLY_TEXT in part.columns and part[REPORT_ONLY_TEXT].null_count() == 0:
+            systems[REPORT_ONLY_TEXT] = pl.col(REPORT_ONLY_TEXT)  # the frozen-backbone head: what tuning bought
         systems["interest_score"] = pl.col("interest_score")
     if run.features_only is not None:
         plain = RankingPipeline(run.features_only.booster, run.features_only_inputs, run.spec, pipeline.snapshot, None)
@@ -214,6 +257,7 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
         pipelines["lightgbm_features_only"] = plain
         given["lightgbm_features_only"] = scored["score_features_only"].to_numpy()
     result.freshness = served_freshness(cfg, run.spec, part, rows, pipelines, source, given, split)
+    result.selection = selection_record(Path(cfg.data.dir), run)
     manifest = read_manifest(cfg.data.dir)
     context = {
         "dataset": manifest.get("dataset"),
@@ -224,6 +268,7 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
         f"min_child_samples {run.fit.params['min_child_samples']}, trained on {cfg.ranker.train_split}, "
         + (f"boosted from logit({run.inputs.base_score})" if run.inputs.base_score else "boosted from zero"),
         "ranker features": ", ".join(run.inputs.features),
+        "shipped ranker": run.guard.reason if run.guard is not None else COMBINED,
     }
     if run.inputs.uses_text:
         context["text model"] = _text_model_summary(Path(cfg.data.dir))
@@ -232,6 +277,43 @@ def evaluate_run(cfg: Config, run: RankerRun, split: str = "test") -> tuple[Eval
     with (out / "report.md").open("a") as fh:
         fh.write("\n## Feature importance (gain)\n\n![feature importance](feature_importance.png)\n")
     return result, out
+
+
+def selection_record(data_dir: Path, run: RankerRun) -> dict[str, object]:
+    """How the shipped models were chosen, for the report: which ranker is shipped and why; with text, the
+    text model's export decision, its selection impressions, and the interest scores' impression-mean AUC on
+    every split (train rows as the ranker fits on them: cross-fitted), so a reader sees whether the score the
+    ranker learned to trust on train and validation behaves the same on test."""
+    out: dict[str, object] = {
+        "shipped_ranker": run.shipped_system,
+        "text_guard": None if run.guard is None else run.guard.to_json(),
+    }
+    if not run.inputs.uses_text:
+        return out
+    from offline.textmodel_stage import TEXTMODEL_DIR
+    from textmodel.artifact import META_FILE
+
+    path = data_dir / TEXTMODEL_DIR / META_FILE
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    by_split: dict[str, dict[str, float]] = {}
+    for column in ("interest_score", REPORT_ONLY_TEXT):
+        if column not in run.frame.columns:
+            continue
+        by_split[column] = {}
+        for split in ("train", "val", "test"):
+            rows = run.frame.filter((pl.col("split") == split) & pl.col(column).is_not_null())
+            if rows.height:
+                by_split[column][split] = score_metrics(rows, rows[column])["auc"]
+    selection_auc = meta.get("impression_auc", {}).get("selection")
+    if selection_auc is not None:
+        by_split["interest_score"]["selection"] = selection_auc
+    out["text_model"] = {
+        "export": meta.get("export"),
+        "selection_impressions": meta.get("selection"),
+        "train_interest": meta.get("train_interest", "in_sample"),
+        "interest_auc_by_split": by_split,
+    }
+    return out
 
 
 def served_freshness(

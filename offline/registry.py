@@ -146,6 +146,10 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
             )
         )
         mlflow.log_metrics({"val_ndcg_at_10": run.fit.val_ndcg_at_10, **{f"test_{k}": v for k, v in metrics.items()}})
+        if run.guard is not None:
+            g = run.guard
+            mlflow.set_tags({"shipped": g.chosen, "text_guard": g.reason})
+            mlflow.log_metrics({f"val_text_gain_{g.metric}": g.gain.mean, f"val_text_gain_{g.metric}_low": g.gain.low})
         mlflow.set_tags(
             {
                 "data_fingerprint": fingerprint,
@@ -176,6 +180,9 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
     if snapshot_id:
         tags["snapshot_id"] = snapshot_id
     tags["score"] = "pyfunc predict = the /rank score (base margin and interest score included)"
+    if run.guard is not None:  # trained with text: which of the combined and features-only rankers this is, and why
+        tags["shipped"] = run.guard.chosen
+        tags["text_guard"] = run.guard.reason
     mv = mlflow.register_model(info.model_uri, ranker_name(cfg.mlflow.model_prefix), tags=tags)
     return str(mv.version)
 

@@ -112,6 +112,39 @@ def _freshness_section(fresh: FreshnessResult) -> list[str]:
     return parts
 
 
+def _selection_section(selection: dict) -> list[str]:
+    """ "Model selection": which ranker ships and why, the text model's export decision, and the interest scores'
+    impression-mean AUC per split (the score the ranker learns to trust on train and val should hold on test)."""
+    parts = ["## Model selection", ""]
+    guard = selection.get("text_guard")
+    shipped = selection["shipped_ranker"]
+    parts.append(f"- **shipped ranker**: `{shipped}`" + (f" ({guard['reason']})" if guard else ""))
+    text = selection.get("text_model")
+    if text:
+        export = text.get("export") or {}
+        if export:
+            parts.append(f"- **exported text model**: {export.get('exported')} ({export.get('reason')})")
+        sel = text.get("selection_impressions")
+        if sel:
+            parts.append(
+                f"- **text model selected on**: its own {sel['impressions']} latest train impressions "
+                f"({sel['from']} to {sel['to']}), never trained on; the ranker's validation split is not among them"
+            )
+        by_split = text.get("interest_auc_by_split", {})
+        if by_split:
+            splits = ["train", "selection", "val", "test"]
+            rows = [["score", *[f"{s} AUC" for s in splits], "val − test"]]
+            for column, values in by_split.items():
+                label = column + (" (train rows in-sample)" if column == "interest_frozen" else "")
+                if column == "interest_score" and text.get("train_interest", "").startswith("out_of_fold"):
+                    label += " (train rows cross-fitted)"
+                cells = [f"{values[s]:.4f}" if s in values else "—" for s in splits]
+                gap = values.get("val", float("nan")) - values.get("test", float("nan"))
+                rows.append([label, *cells, f"{gap:+.4f}"])
+            parts += ["", "Impression-mean AUC of the interest scores by split:", "", _markdown(rows)]
+    return [*parts, ""]
+
+
 def _markdown(rows: list[list[str]]) -> str:
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -169,6 +202,8 @@ def render_markdown(result: EvaluationResult, title: str, context: dict[str, obj
         ]
         for name in result.slices:
             parts += _slice_section(result, name)
+    if result.selection is not None:
+        parts += _selection_section(result.selection)
     if result.freshness is not None:
         parts += _freshness_section(result.freshness)
     if result.notes:

@@ -214,6 +214,7 @@ class RayTrainRun:
     cache: SharedCache
     name: str
     seconds: float
+    probe_state: dict[str, Any] | None = None  # the probe's weights (the export guard's reference)
 
     def summary(self) -> dict[str, object]:
         attempts = sorted({w["attempt"] for w in self.workers})
@@ -295,9 +296,16 @@ def _train_worker(config: dict[str, Any]) -> None:
         weights, trainer_state = ray.get(config["parent"])
         trainer.warm_start(weights, trainer_state)
     parallel.broadcast([p for p in model.parameters() if p.requires_grad] + [trainer.bias, trainer.offset_weight])
-    train, val = ray.get(config["train"]), ray.get(config["val"])
-    result = trainer.fit(train, val, progress=False, resume=resume)
-    report({"final": True, "weights": trainer.trainable_state(), "result": result.to_json()})
+    train, selection = ray.get(config["train"]), ray.get(config["val"])  # val: the text model's selection set
+    result = trainer.fit(train, selection, progress=False, resume=resume)
+    report(
+        {
+            "final": True,
+            "weights": trainer.trainable_state(),
+            "result": result.to_json(),
+            "probe_state": trainer.probe_state,
+        }
+    )
 
 
 def _identity(cfg: Config, backbone, encoder, train, val, parent, total_steps: int) -> dict[str, Any]:
@@ -385,4 +393,7 @@ def train_on_ray(
     if not final.get("final"):
         raise DistributedTrainError(f"Ray Train run {name}: the last checkpoint is not the final state")
     worker_records = [json.loads(p.read_text()) for p in sorted(records.glob("rank*.json"))]
-    return RayTrainRun(final["weights"], final["result"], worker_records, cache, name, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return RayTrainRun(
+        final["weights"], final["result"], worker_records, cache, name, seconds, final.get("probe_state")
+    )

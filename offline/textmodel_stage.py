@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from conf import Config
+from conf.progress import say
 from conf.runtime import start_ray
 from features import read_features, read_impressions, read_items, read_manifest
 from features.history import impression_histories
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a text-model command 
     from textmodel.prompt import ItemText
 
 INTEREST_FILE = "interest.parquet"
+FROZEN_COLUMN = "interest_frozen"  # the frozen-backbone head's score, beside interest_score (report only)
 TEXTMODEL_DIR = "textmodel"
 
 
@@ -110,11 +112,14 @@ def _lineage(cfg: Config, parent: Parent | None, trained_on: ImpressionSet, trai
 
 
 def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
-    """Train on the train split (from ``textmodel.train.since`` on), early-stop on validation AUC, save the
-    artifact and the interest scores. Warm-started from a registered parent when configured: the parent is
-    checked before anything is built or written."""
+    """Train on the train split (from ``textmodel.train.since`` on) less its latest impressions, which select
+    the model (early stopping, the export guard, the cross-fitted heads); save the artifact and the interest
+    scores. The validation split is never shown to the text model: it stays the ranker's, unbiased.
+    Warm-started from a registered parent when configured: the parent is checked before anything is built or
+    written."""
     from textmodel.backbone import load_backbone
     from textmodel.continual import train_window
+    from textmodel.data import selection_split
     from textmodel.model import build_text_model, resolve_device
     from textmodel.prompt import ItemText
     from textmodel.train import ClickTrainer
@@ -125,7 +130,8 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     backbone = load_backbone(tm.backbone, tm.cache_dir)  # first: its tokenizer fits the item texts to max_tokens
     parent = warm_start_parent(cfg, backbone.identity)
     catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
-    trained_on = train_window(sets["train"], tm.train.since)  # every split is still scored below
+    # every split is still scored below; the selection part is the latest of the (windowed) train impressions
+    trained_on, selection = selection_split(train_window(sets["train"], tm.train.since), tm.train.selection_fraction)
     total_steps = _total_steps(cfg, trained_on)
     model, encoder = build_text_model(tm, backbone, catalogue, device, total_steps=total_steps)
     trainer = ClickTrainer(model, encoder, tm.train, device, impression_auc)
@@ -144,14 +150,15 @@ def train_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
             from offline.textmodel_ray import train_on_ray  # imports ray: after start_ray set its environment
             from textmodel.results import TrainResult
 
-            run = train_on_ray(cfg, backbone, encoder, trained_on, sets["val"], parent, total_steps, progress)
+            run = train_on_ray(cfg, backbone, encoder, trained_on, selection, parent, total_steps, progress)
             trainer.restore(run.weights)
+            trainer.probe_state = run.probe_state
             result, cache_seconds, distributed = TrainResult.from_json(run.result), run.cache.seconds, run.summary()
         else:
             encoder.build_cache(progress=progress)
             cache_seconds = time.perf_counter() - t0
-            result = trainer.fit(trained_on, sets["val"], progress=progress)
-        t = _Training(backbone, catalogue, sets, trained_on, model, encoder, trainer, parent, init_towers)
+            result = trainer.fit(trained_on, selection, progress=progress)
+        t = _Training(backbone, catalogue, sets, trained_on, selection, model, encoder, trainer, parent, init_towers)
         run_info = {"cache_seconds": cache_seconds, "distributed": distributed or None}
         return _finish(cfg, t, result, run_info, started, progress)
     finally:
@@ -169,6 +176,7 @@ class _Training:
     catalogue: Any
     sets: dict[str, ImpressionSet]
     trained_on: ImpressionSet
+    selection: ImpressionSet  # the latest train impressions, never trained on: what selects the model
     model: Any
     encoder: Any
     trainer: Any
@@ -179,22 +187,28 @@ class _Training:
 def _finish(
     cfg: Config, t: _Training, result, run_info: dict[str, object], started: float, progress: bool
 ) -> dict[str, object]:
-    """Score every split with the trained model, cross-fit the train rows, save the artifact and the scores."""
+    """Pick what is exported (the export guard), score every split with it and with the frozen-backbone head
+    (``interest_frozen``), cross-fit the train rows, save the artifact and the scores."""
     from textmodel.artifact import embedding_table, save_text_model
     from textmodel.scoring import interest_frame, score_rows, scored_frame
 
     tm = cfg.textmodel
     model, encoder, trainer, sets = t.model, t.encoder, t.trainer, t.sets
+    export = export_decision(cfg, t, result, progress)
     memory = encoder.encode_all(progress=progress)
+    scored = {**sets, "selection": t.selection}
     metrics = {
-        split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in sets.items()
+        split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in scored.items()
     }
     frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
+    frozen = _frozen_scores(t, sets, memory, export["exported"], progress)
+    if frozen is not None:
+        frames = {split: frame.hstack([frozen[split]]) for split, frame in frames.items()}
     cross_fit: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
     if tm.train.oof_folds > 1:
         t0 = time.perf_counter()
         oof = trainer.out_of_fold_scores(
-            sets["train"], sets["val"], tm.train.oof_folds, t.init_towers, tm.train.oof_scheme, progress
+            sets["train"], t.selection, tm.train.oof_folds, t.init_towers, tm.train.oof_scheme, progress
         )
         # Rows no head could score honestly (the first time block) get no score: the ranker does not fit on them.
         frames["train"] = frames["train"].with_columns(pl.Series("interest_score", oof).fill_nan(None))
@@ -212,6 +226,8 @@ def _finish(
         "profile": cfg.profile,
         "train": result.to_json(),
         "impression_auc": metrics,
+        "selection": _selection_summary(t.selection),
+        "export": export,
         **run_info,
         # Trained as a residual over this behavioural logit (weight learned); the interest score is the text part.
         "offset_feature": tm.train.offset_feature,
@@ -226,6 +242,78 @@ def _finish(
     )
     write_parquet_atomic(pl.concat(list(frames.values())), Path(cfg.data.dir) / INTEREST_FILE)
     return {"model_dir": str(out), **extra}
+
+
+def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -> dict[str, object]:
+    """Which trained state is exported, and why; that state is left loaded in the model.
+
+    The adapted model (the fine-tuning phase's best epoch) is exported only when it beats the probe (the head
+    over the untouched backbone, of the same run) on the selection impressions by ``textmodel.train.
+    export_guard``: a fine-tuned encoder that is not better than its own frozen baseline beyond the noise of
+    the set it is judged on is not shipped. Without a probe (a warm start) the trained state is exported.
+    """
+    from ranker.guard import decide
+    from textmodel.scoring import score_rows
+
+    trainer, model, encoder = t.trainer, t.model, t.encoder
+    if trainer.probe_state is None:
+        return {"exported": "trained", "reason": "warm-started: no probe of this run to compare with"}
+    if trainer.frozen or result.best_phase != "fine-tune":
+        trainer.restore(trainer.probe_state)
+        reason = "no adapters trained" if trainer.frozen else f"no fine-tuning epoch ({result.best_phase})"
+        return {"exported": "probe", "reason": reason}
+    adapted = trainer.trainable_state()
+    frame = t.selection.row_keys.with_columns(pl.Series("clicked", t.selection.row_label))
+    adapted_scores = score_rows(model, encoder.encode_all(progress=progress), t.selection)
+    trainer.restore(trainer.probe_state)
+    probe_scores = score_rows(model, encoder.encode_all(progress=progress), t.selection)
+    ev = cfg.evaluation
+    decision = decide(
+        frame,
+        adapted_scores,
+        probe_scores,
+        cfg.textmodel.train.export_guard,
+        ev.bootstrap_samples,
+        ev.seed,
+        names=("adapted", "probe"),
+        on="selection",
+    )
+    if decision.accepted:
+        trainer.restore(adapted)
+    say(f"text model export: {decision.reason}", progress)
+    return {"exported": decision.chosen, "reason": decision.reason, "guard": decision.to_json()}
+
+
+def _frozen_scores(
+    t: _Training, sets: dict[str, ImpressionSet], memory, exported: str, progress: bool
+) -> dict[str, pl.Series] | None:
+    """``interest_frozen`` for every row of every split: the probe's scores (the frozen-backbone head), which
+    the report compares the exported model with. In-sample on train rows (the ranker never reads it). None
+    when the run had no probe (a warm start)."""
+    from textmodel.scoring import score_rows
+
+    trainer = t.trainer
+    if trainer.probe_state is None:
+        return None
+    exported_state = None
+    if exported != "probe":
+        exported_state = trainer.trainable_state()
+        trainer.restore(trainer.probe_state)
+        memory = t.encoder.encode_all(progress=progress)
+    out = {
+        split: pl.Series(FROZEN_COLUMN, score_rows(t.model, memory, data), dtype=pl.Float64)
+        for split, data in sets.items()
+    }
+    if exported_state is not None:
+        trainer.restore(exported_state)
+    return out
+
+
+def _selection_summary(selection: ImpressionSet) -> dict[str, object]:
+    """The selection impressions, as recorded with the model: how many, and the time range they cover."""
+    ts = selection.impression_ts
+    first, last = (np.datetime64(int(v), "us").astype(str) + "Z" for v in (ts.min(), ts.max()))
+    return {"impressions": len(selection.impression_ids), "rows": selection.num_rows, "from": first, "to": last}
 
 
 def _total_steps(cfg: Config, train) -> int:
@@ -257,14 +345,17 @@ def embed_textmodel(cfg: Config, progress: bool = True) -> dict[str, object]:
     seconds = time.perf_counter() - t0
     write_parquet_atomic(embedding_table(catalogue.item_ids, memory), model_dir(cfg) / EMBEDDINGS_FILE)
     frames = {split: interest_frame(loaded.model, memory, data) for split, data in sets.items()}
+    path = Path(cfg.data.dir) / INTEREST_FILE
+    previous = pl.read_parquet(path) if path.is_file() else None
+    keys = ["impression_id", "item_id"]
     if str(loaded.meta.get("train_interest", "")).startswith("out_of_fold"):
         # Cross-fitted train-row scores cannot be recomputed from the final model: keep the trained ones.
-        previous = pl.read_parquet(Path(cfg.data.dir) / INTEREST_FILE)
-        frames["train"] = (
-            frames["train"]
-            .select("impression_id", "item_id")
-            .join(previous, on=["impression_id", "item_id"], how="left", maintain_order="left")
-        )
+        kept = previous.select(*keys, "interest_score")
+        frames["train"] = frames["train"].select(keys).join(kept, on=keys, how="left", maintain_order="left")
     interest = pl.concat(list(frames.values()))
+    if previous is not None and FROZEN_COLUMN in previous.columns:
+        # The probe is not saved with the model: its scores are kept as they were.
+        frozen = previous.select(*keys, FROZEN_COLUMN)
+        interest = interest.join(frozen, on=keys, how="left", maintain_order="left")
     write_parquet_atomic(interest, Path(cfg.data.dir) / INTEREST_FILE)
     return {"items": len(catalogue.item_ids), "items_per_s": len(catalogue.item_ids) / seconds, "rows": interest.height}

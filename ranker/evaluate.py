@@ -33,8 +33,9 @@ BASELINES: dict[str, pl.Expr] = {
     "popularity": pl.col("item_impressions_before").cast(pl.Float64),
     "item_ctr": pl.col("item_ctr_smoothed"),
 }
-# What gains are measured against, where present: the bar to beat, and the ranker without its text features.
-DEFAULT_REFERENCES = ("item_ctr", "lightgbm_features_only")
+# What gains are measured against, where present: the bar to beat, the ranker without its text features, and
+# the text model's frozen-backbone head (what fine-tuning bought over it).
+DEFAULT_REFERENCES = ("item_ctr", "lightgbm_features_only", "interest_frozen")
 
 Intervals = dict[str, dict[str, dict[str, Interval]]]  # {metric: {"systems" | "gain_vs_<ref>": {system: Interval}}}
 
@@ -103,6 +104,9 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
     # The same systems under features as stale as a server's (ranker.freshness); None where not evaluated.
     freshness: FreshnessResult | None = None
+    # How the shipped models were chosen (the text model's export, the ranker's text guard) and the interest
+    # score's metric on every split; None in reports without them (baselines only).
+    selection: dict[str, object] | None = None
 
     @property
     def baseline(self) -> str | None:
@@ -123,6 +127,8 @@ class EvaluationResult:
         out = self._core_json()
         if self.freshness is not None:
             out["freshness"] = self.freshness.to_json()
+        if self.selection is not None:
+            out["selection"] = self.selection
         return out
 
     def _core_json(self) -> dict[str, object]:

@@ -19,6 +19,7 @@ from features.behaviour import FeatureSpec
 
 GROUP, LABEL = "impression_id", "clicked"
 TEXT_FEATURES = ["interest_score", "interest_rank"]
+REPORT_ONLY_TEXT = "interest_frozen"  # the frozen-backbone head's score: evaluated beside the ranker, never a feature
 
 
 class RankingFrameError(ValueError):
@@ -134,9 +135,10 @@ def ranking_frame(
     if inputs.uses_text:
         if interest is None:
             raise RankingFrameError("ranking frame: the ranker uses text but no interest scores were given")
-        frame = frame.join(
-            interest.select("impression_id", "item_id", "interest_score"), on=["impression_id", "item_id"], how="left"
-        )
+        # interest_frozen (the text model's frozen-backbone head) rides along for the report; no ranker reads it
+        carried = [c for c in ("interest_score", REPORT_ONLY_TEXT) if c in interest.columns]
+        keys = ["impression_id", "item_id"]
+        frame = frame.join(interest.select(*keys, *carried), on=keys, how="left")
         # Train rows may lack a score (cross-fitting by time leaves the first block unscored: see
         # ``textmodel.train.oof_scheme``); the combined ranker does not fit on them. Elsewhere a gap is an error.
         missing = frame.filter(pl.col("interest_score").is_null() & (pl.col("split") != "train")).height

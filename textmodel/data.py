@@ -144,6 +144,24 @@ def cross_fit_plan(data: ImpressionSet, folds: int, scheme: str, seed: int) -> l
     return [(fold_of < k, fold_of == k) for k in range(1, folds) if (fold_of < k).any() and (fold_of == k).any()]
 
 
+def selection_split(data: ImpressionSet, fraction: float) -> tuple[ImpressionSet, ImpressionSet]:
+    """``(fit, select)``: ``data``'s impressions before and from the time that leaves the latest ``fraction`` of
+    them (impressions at one instant stay on one side). The text model trains on ``fit`` and is selected on
+    ``select`` only, so no split it was selected on judges what is built on its scores."""
+    if data.impression_ts is None:
+        raise TextDataError("a selection set by time needs the impressions' times (column 'ts')")
+    m = len(data.impression_ts)
+    ordered = np.sort(data.impression_ts)
+    start = ordered[min(m - 1, int(np.floor(m * (1 - fraction))))]
+    select = data.impression_ts >= start
+    if select.all() or not select.any():
+        raise TextDataError(
+            f"textmodel.train.selection_fraction {fraction}: the {m} train impression(s) cannot be cut into a "
+            "training and a selection part (too few distinct times)"
+        )
+    return data.subset(~select), data.subset(select)
+
+
 def _epoch_us(ts: pl.Series) -> np.ndarray:
     if ts.null_count():
         raise TextDataError(f"impressions: column 'ts': {ts.null_count()} null time(s)")

@@ -4,7 +4,9 @@ Per step: the step's unique candidate items run through the adapted top layers (
 histories read item vectors from a memory refreshed once per epoch (no gradients), the user tower
 pools them, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or
 pointwise BCE. Validation AUC is computed after each epoch by a metric function handed in by the
-caller (the metrics live in ``ranker``; this package does not import it), with early stopping on it.
+caller (the metrics live in ``ranker``; this package does not import it), with early stopping on it. What the
+trainer calls ``val`` is whatever the caller selects on: the pipeline passes the text model's own selection
+impressions (the latest train impressions), never the ranker's validation split.
 
 One class on purpose (~480 lines): the probe, the fine-tuning, the cross-fitted heads and a resumed run all
 share the epoch sampler, the history memory, the best state and the step counters; the records it returns
@@ -75,6 +77,9 @@ class ClickTrainer:
         self._best_state: dict[str, torch.Tensor] | None = None
         self._fine_steps, self._fine_seconds = 0, 0.0
         self.warm = False  # set by warm_start: the towers come from a parent, so fit skips the probe
+        # Every trainable weight as the probe left it (the head over the untouched backbone): the reference the
+        # adapted model must beat to be exported, and the frozen baseline every run reports (None: no probe ran).
+        self.probe_state: dict[str, torch.Tensor] | None = None
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
@@ -315,6 +320,7 @@ class ClickTrainer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "best_state": self._best_state,
+                "probe_state": self.probe_state,
                 "result": result.to_json(),
                 "fine_steps": self._fine_steps,
                 "fine_seconds": self._fine_seconds,
@@ -335,6 +341,7 @@ class ClickTrainer:
         optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
         self._best_state = state["best_state"]
+        self.probe_state = state.get("probe_state")
         result.__dict__.update(TrainResult.from_json(state["result"]).__dict__)
         self._fine_steps, self._fine_seconds = state["fine_steps"], state["fine_seconds"]
         self._memory = state["memory"].to(self.device)
@@ -355,13 +362,13 @@ class ClickTrainer:
         """Interest scores of ``train``'s rows from heads that never saw them (NaN where no head may score).
 
         For each pair of :func:`cross_fit_plan`, the towers are re-initialised and probe-trained (over the final
-        adapters' pooled vectors, early-stopped on ``val``) on the ``fit_on`` impressions, then score the
-        ``score`` ones. A ranker fitted on train rows needs this: in-sample scores look better than the scores it
-        will get at serving time, and it would learn to trust them too much. Random folds are not enough on a
-        time-split dataset: a head that saw an item's later clicks scores that item's earlier rows with
-        knowledge the point-in-time behavioural features do not have, so ``time`` (the default) lets each block
-        be scored only by heads fitted on earlier blocks. (The adapters still saw every train row; they move the
-        pooled vectors little next to what the head memorises.)
+        adapters' pooled vectors, early-stopped on ``val``: the pipeline's selection impressions) on the ``fit_on``
+        impressions, then score the ``score`` ones. A ranker fitted on train rows needs this: in-sample scores
+        look better than the scores it will get at serving time, and it would learn to trust them too much.
+        Random folds are not enough on a time-split dataset: a head that saw an item's later clicks scores that
+        item's earlier rows with knowledge the point-in-time behavioural features do not have, so ``time`` (the
+        default) lets each block be scored only by heads fitted on earlier blocks. (The adapters still saw
+        every train row; they move the pooled vectors little next to what the head memorises.)
         """
         final = self.trainable_state()
         pooled = self.encoder.pooled_all()
@@ -461,6 +468,8 @@ class ClickTrainer:
         result.epochs.append(EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text))
         self._best_state, self._fine_steps, self._fine_seconds = self.trainable_state(), 0, 0.0
         self._phase("probe", epochs, train, val, [towers], pooled, None, self._rng, result, progress)
+        if not self.warm:  # a warm-started probe starts from a parent's (adapted) weights: not a frozen baseline
+            self.probe_state = self.trainable_state()
         return result
 
     def fine_tune(

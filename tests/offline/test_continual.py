@@ -66,9 +66,11 @@ def test_warm_start_from_champion_on_a_window_registers_the_parent(registered: l
     assert meta["warm_start"]["from"] == "champion" and meta["warm_start"]["parent_version"] == "1"
     assert [e["phase"] for e in meta["train"]["epochs"]] == ["init", "fine-tune"]  # no probe: parent's towers
     later = train.filter(pl.col("ts") >= since)
-    window = meta["train_window"]
-    assert window["rows"] == later.height < window["split_rows"] == train.height
-    assert window["impressions"] == later["impression_id"].n_unique()
+    window, selection = meta["train_window"], meta["selection"]
+    # the window's latest impressions select the model and are not trained on
+    assert window["rows"] + selection["rows"] == later.height < window["split_rows"] == train.height
+    assert window["impressions"] + selection["impressions"] == later["impression_id"].n_unique()
+    assert meta["export"]["exported"] == "trained"  # warm-started: no probe of its own to compare with
     assert meta["config"]["train"]["since"] == since.isoformat().replace("+00:00", "Z")
     # Every split is still scored (the ranker fits on the earlier train rows too).
     assert pl.read_parquet(data / INTEREST_FILE).height == features.height

@@ -28,6 +28,9 @@ SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed 
 pytestmark = pytest.mark.integration
 
 RANKER_OVERRIDES = [
+    # Ship the combined ranker whatever validation says: these tests exercise the registered text + ranker pair
+    # (on the tiny world text adds nothing); the guard itself is tested in tests/offline/test_selection.py.
+    "ranker.text_guard.min_gain=-1",
     "ranker.tune={}",
     "ranker.params.n_estimators=60",
     "ranker.early_stopping_rounds=20",

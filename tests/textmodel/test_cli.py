@@ -23,11 +23,12 @@ def prepared(tmp_path: Path, model_cache: Path) -> list[str]:
 def test_train_then_embed_round_trip(prepared: list[str], tmp_path: Path, capsys) -> None:
     assert main(["textmodel", "train", *prepared]) == 0
     out = capsys.readouterr().out
-    assert "val AUC" in out and "impression-mean AUC" in out
+    assert "selection AUC" in out and "impression-mean AUC" in out and "exported: " in out
     folder = tmp_path / "d" / "textmodel"
     meta = json.loads((folder / "textmodel.json").read_text())
     assert meta["backbone"]["name"] == "tiny-gpt2-seed0" and meta["config"]["peft"]["method"] == "lora"
-    assert set(meta["impression_auc"]) == {"train", "val", "test", "train_out_of_fold"}
+    assert set(meta["impression_auc"]) == {"train", "selection", "val", "test", "train_out_of_fold"}
+    assert meta["export"]["exported"] in {"probe", "adapted"}
     assert meta["train_interest"] == "out_of_fold(5, time)"
     features = pl.read_parquet(tmp_path / "d" / "features.parquet")
     trained = pl.read_parquet(tmp_path / "d" / "interest.parquet")
@@ -50,6 +51,9 @@ def test_train_then_embed_round_trip(prepared: list[str], tmp_path: Path, capsys
     joined = trained.join(embedded, on=["impression_id", "item_id"], suffix="_again")
     assert joined.height == trained.height
     assert (joined["interest_score"] - joined["interest_score_again"]).abs().max() < 1e-4
+    # the frozen-backbone head's scores are not saved with the model: embed keeps them as they were
+    assert trained["interest_frozen"].null_count() == 0
+    assert joined["interest_frozen"].equals(joined["interest_frozen_again"], check_names=False)
 
 
 def test_bad_inputs_fail_with_one_line(prepared: list[str], tmp_path: Path, capsys) -> None:
