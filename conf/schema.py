@@ -244,7 +244,15 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(ge=0, description="Linear warm-up steps before the linear decay.")
     grad_clip: float = Field(gt=0, description="Gradient norm clipping.")
-    patience: int = Field(ge=0, description="Epochs without validation-AUC gain before stopping.")
+    patience: int = Field(ge=0, description="Fine-tuning epochs without a selection-AUC gain before stopping.")
+    probe_patience: int | None = Field(
+        default=None,
+        ge=0,
+        description="Head-only epochs (the probe, the cross-fitted heads) without a selection-AUC gain before "
+        "stopping; null = none: they run all probe_epochs, the rate annealed to zero, and keep their best epoch. "
+        "They cost seconds an epoch, and stopping them early left them at a high rate, mid-schedule (cold20: "
+        "test AUC 0.7263 stopped at epoch 8 vs 0.7318 over the whole schedule).",
+    )
     seed: int = Field(description="Seed for initialisation and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field(description="auto = CUDA when available.")
     bf16: Literal["auto", "on", "off"] = Field(description="bf16 autocast; auto = on with CUDA only.")
@@ -374,6 +382,13 @@ class TextModelConfig(_Strict):
         "field; a text_fields join is cut at the end.",
     )
     pooling: Literal["last", "mean"] = Field(description="Pool the last non-pad token or the mean of all tokens.")
+    # Defaults to false: text models saved before it projected the raw pooled vectors.
+    standardize: bool = Field(
+        default=False,
+        description="Centre and scale the pooled vectors by the catalogue's mean and spread (from the untouched "
+        "backbone, saved with the model) before the projection: a causal LM's pooled states are nearly parallel, "
+        "and raw they made the probe converge slowly and swing between epochs.",
+    )
     dim: int = Field(gt=0, description="Dimension of the item and user vectors.")
     trainable_top_layers: int = Field(
         ge=0,

@@ -110,7 +110,7 @@ def set_up(cfg: Config, folder: Path, days: int, progress: bool = True) -> Repla
 
     shutil.copytree(snapshot_dir(rcfg.data.dir), folder / FROZEN_DIR, dirs_exist_ok=True)
     state = ReplayState(window=window, parent_cutoff=split.val_start.isoformat())
-    version = _train_and_register(rcfg, warm_start=False, since=None, progress=progress)
+    version, _ = _train_and_register(rcfg, warm_start=False, since=None, progress=progress)
     from offline import registry
 
     decision = registry.promote(rcfg, force=True)
@@ -131,23 +131,37 @@ def _write_days(out: Path, events: pl.DataFrame, held: pl.DataFrame, first: pl.D
             new.write_parquet(out / f"{date}-items.parquet")
 
 
-def _train_and_register(cfg: Config, warm_start: bool, since: str | None, progress: bool = True) -> str:
-    """Train the text model (when the ranker reads it) and the ranker on the folder's cut-offs; register both."""
+def _train_and_register(cfg: Config, warm_start: bool, since: str | None, progress: bool = True) -> tuple[str, bool]:
+    """Train the text model (when the ranker reads it) and the ranker on the folder's cut-offs; register what
+    ships (the text model only with a ranker that reads it: the features-only ranker ships when the combined
+    one does not beat it on validation). Returns the ranker version and whether the text model was warm-started
+    (only from a champion that pins one)."""
     from offline import ranker_stage, registry, textmodel_stage
     from offline.textmodel_stage import model_dir
     from offline.tracking import setup
 
-    text_version = None
+    warm = False
     if cfg.ranker.use_text:
+        warm = warm_start and _champion_text_version(cfg) is not None
         tcfg = cfg.model_copy(deep=True)
-        tcfg.textmodel.train.warm_start = "champion" if warm_start else None
-        tcfg.textmodel.train.since = datetime.fromisoformat(since) if (warm_start and since) else None
+        tcfg.textmodel.train.warm_start = "champion" if warm else None
+        tcfg.textmodel.train.since = datetime.fromisoformat(since) if (warm and since) else None
         textmodel_stage.train_textmodel(tcfg, progress=progress)
-        setup(cfg)
-        text_version = registry.register_textmodel(cfg, model_dir(cfg))
-    run = ranker_stage.train_ranker(cfg)
+    run = ranker_stage.train_ranker(cfg).shipped()
     setup(cfg)
-    return registry.register_ranker(cfg, run, text_version, {})
+    text_version = registry.register_textmodel(cfg, model_dir(cfg)) if run.inputs.uses_text else None
+    return registry.register_ranker(cfg, run, text_version, {}), warm
+
+
+def _champion_text_version(cfg: Config) -> str | None:
+    """The textmodel version the champion ranker pins (None: no champion yet, or a features-only one)."""
+    from offline.tracking import setup
+    from ranker.loading import ModelPairError, pair_versions
+
+    try:
+        return pair_versions(setup(cfg), cfg.mlflow.model_prefix, "champion")["textmodel"]
+    except ModelPairError:  # no champion yet
+        return None
 
 
 # ---- one day ---------------------------------------------------------------------------------------------
@@ -252,12 +266,12 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress:
         cutoff = day_start + timedelta(days=1)
         _set_cutoffs(cfg, cutoff)
         say(f"replay {date}: training a challenger (cut-off {cutoff.date()})", progress)
-        version = _train_and_register(cfg, cfg.replay.warm_start, state.parent_cutoff, progress)
+        version, warm = _train_and_register(cfg, cfg.replay.warm_start, state.parent_cutoff, progress)
         state.trainings.append(
             {
                 "day": date,
                 "ranker": version,
-                "warm_start": cfg.replay.warm_start and cfg.ranker.use_text,
+                "warm_start": warm,
                 "cutoff": cutoff.isoformat(),
                 "since": state.parent_cutoff,
             }

@@ -4,7 +4,7 @@
                               :class:`TextRuntime`; its prompt template and token budget included: item texts are
                               rendered with these, not the current config's), backbone identity (name + sha256),
                               training log
-    weights.safetensors       the trained weights only: adapters and towers
+    weights.safetensors       the trained weights only: adapters and towers (and the tower's standardisation)
     item_embeddings.parquet   item_id, vector: the catalogue's item vectors (serving encodes only others)
 
 Loading resolves the backbone by the saved name or path, refuses one whose weights hash differs, rebuilds
@@ -131,7 +131,7 @@ def save_text_model(
     extra: dict[str, object],
 ) -> Path:
     """Write the folder atomically (replacing an older one only when the new one is complete)."""
-    weights = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    weights = {n: p.detach().float().cpu().contiguous() for n, p in model.learned_state().items()}
     meta = {"config": model_definition(cfg), "backbone": identity.to_json(), **extra}
     with atomic_path(folder) as tmp:
         tmp.mkdir()
@@ -193,7 +193,7 @@ def load_text_model(
         )
     model = build_text_model_only(cfg, backbone, device)
     weights = load_file(str(folder / WEIGHTS_FILE))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = set(model.learned_state())
     missing, unexpected = trainable - set(weights), set(weights) - trainable
     if missing or unexpected:
         raise ArtifactError(

@@ -32,6 +32,7 @@ SHARED_FIELDS = (
     "prompt",
     "max_tokens",
     "train.offset_feature",  # a residual-over-CTR text score means something else than a plain one
+    "standardize",
 )
 # What each method's weights also depend on (LoRA's scale is alpha / r; prefix tuning's shape is its tokens).
 PEFT_FIELDS = {

@@ -56,7 +56,8 @@ def build_text_model_only(
     split.set_lower_dtype(resolve_lower_dtype(cfg.lower_dtype, device))
     if split.upper_model is not None:
         split.set_upper(adapt(split.upper_model, cfg.peft, backbone.identity.model_type, total_steps))
-    return TextModel(split, backbone.identity.hidden_size, cfg.dim, cfg.pooling, cfg.score_scale).to(device)
+    hidden = backbone.identity.hidden_size
+    return TextModel(split, hidden, cfg.dim, cfg.pooling, cfg.score_scale, cfg.standardize).to(device)
 
 
 def build_text_model(

@@ -1,6 +1,7 @@
 """The text model as a composition of named parts (no I/O, no loss: training owns the loss).
 
-* :class:`ItemTower`: adapted top layers over cached lower states -> pooled -> projection -> L2 norm.
+* :class:`ItemTower`: adapted top layers over cached lower states -> pooled -> standardised -> projection -> L2
+  norm.
 * :class:`UserTower`: attention pooling over the user's history-item vectors, or a learned default
   vector for users with no history (most rows of ``ml100k``: cold-start users still get a score).
 * :class:`TextModel`: both towers and the score, a learned scale times the dot product.
@@ -29,13 +30,33 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class ItemTower(nn.Module):
-    """Item text -> unit vector of size ``dim``, from the lower-layer states of its tokens."""
+    """Item text -> unit vector of size ``dim``, from the lower-layer states of its tokens.
 
-    def __init__(self, backbone: SplitBackbone, hidden_size: int, dim: int, pooling: str) -> None:
+    ``standardize``: the pooled vectors are centred and scaled by the catalogue's mean and spread before the
+    projection (buffers ``pooled_mean`` / ``pooled_scale``, set once by :meth:`fit_standardisation` from the
+    untouched backbone, then fixed and saved with the model). A causal LM's mean-pooled states are nearly
+    parallel (mean cosine 0.91-0.95 on the catalogues here): raw, one shared direction dominates what the
+    projection sees, and the probe's validation AUC swung by 0.03-0.07 between epochs at the head's rate;
+    standardised it rose faster and steadily (bench/text_defaults.py). Models saved before have no buffers.
+    """
+
+    def __init__(self, backbone: SplitBackbone, hidden_size: int, dim: int, pooling: str, standardize: bool = False):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.proj = nn.Linear(hidden_size, dim)
+        self.standardize = standardize
+        if standardize:
+            self.register_buffer("pooled_mean", torch.zeros(hidden_size))
+            self.register_buffer("pooled_scale", torch.ones(hidden_size))
+
+    @torch.no_grad()
+    def fit_standardisation(self, pooled: torch.Tensor) -> None:
+        """Set the centring and scaling from the pooled vectors of the whole catalogue (N, H)."""
+        if self.standardize:
+            pooled = pooled.float()
+            self.pooled_mean.copy_(pooled.mean(dim=0))
+            self.pooled_scale.copy_(pooled.std(dim=0).clamp(min=1e-6))
 
     def pooled(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Top layers + pooling: (B, T, H), (B, T) -> (B, H)."""
@@ -43,7 +64,9 @@ class ItemTower(nn.Module):
         return pool(hidden, mask, self.pooling).float()
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Projection + L2 norm: (B, H) -> (B, dim)."""
+        """(Standardisation +) projection + L2 norm: (B, H) -> (B, dim)."""
+        if self.standardize:
+            pooled = (pooled - self.pooled_mean) / self.pooled_scale
         return F.normalize(self.proj(pooled), dim=-1)
 
     def forward(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,9 +97,17 @@ class UserTower(nn.Module):
 class TextModel(nn.Module):
     """Item tower + user tower + scaled dot-product interest score."""
 
-    def __init__(self, backbone: SplitBackbone, hidden_size: int, dim: int, pooling: str, score_scale: float) -> None:
+    def __init__(
+        self,
+        backbone: SplitBackbone,
+        hidden_size: int,
+        dim: int,
+        pooling: str,
+        score_scale: float,
+        standardize: bool = False,
+    ) -> None:
         super().__init__()
-        self.items = ItemTower(backbone, hidden_size, dim, pooling)
+        self.items = ItemTower(backbone, hidden_size, dim, pooling, standardize)
         self.users = UserTower(dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
 
@@ -89,3 +120,11 @@ class TextModel(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.items.backbone.parameters() if p.requires_grad]
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """What training decides, by name: every trainable weight and the item tower's standardisation (a
+        statistic of the catalogue, not a gradient's work). The artifact saves exactly this."""
+        state = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        if self.items.standardize:
+            state.update({f"items.{n}": b for n, b in self.items.named_buffers(recurse=False)})
+        return state

@@ -148,7 +148,7 @@ class ClickTrainer:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""
-        state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        state = {n: p.detach().clone() for n, p in self.model.learned_state().items()}
         return {**state, **{f"trainer.{n}": p.detach().clone() for n, p in self._own().items()}}
 
     def _head_params(self) -> list[nn.Parameter]:
@@ -168,7 +168,7 @@ class ClickTrainer:
         The caller has checked that the parent's definition matches (:func:`textmodel.continual.load_parent`);
         the names and shapes are checked here as well, since loading half a model would train a hybrid.
         """
-        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = self.model.learned_state()
         missing, unexpected = set(trainable) - set(weights), set(weights) - set(trainable)
         if missing or unexpected:
             raise WarmStartError(
@@ -278,7 +278,10 @@ class ClickTrainer:
                 self._best_state = self.trainable_state()
             else:
                 stale += 1
-            stop = stale > cfg.patience
+            # Head-only phases over cached vectors (probe, cross-fitted heads) follow probe_patience: by default
+            # they run their whole schedule, whose rate anneals to zero (cheap, and their curve only plateaus).
+            patience = cfg.probe_patience if pooled is not None else cfg.patience
+            stop = patience is not None and stale > patience
             done = epochs if stop else epoch_in_phase + 1  # a resumed run must not train past an early stop
             at = Cursor(name, done, 0, rng.bit_generator.state, [], stale, phase_best)
             self._checkpoint(at, optimizer, scheduler, result)
@@ -462,6 +465,8 @@ class ClickTrainer:
         towers = {"params": self._head_params(), "lr": cfg.head_lr}
         self.model.eval()
         pooled = self.encoder.pooled_all(progress=progress)
+        if not self.warm:  # warm-started: the parent's standardisation, which its towers were trained with
+            self.model.items.fit_standardisation(pooled)
         self._memory = self._vectors(pooled, progress)
         init_metric, init_text = self._evaluate(val, self._memory)
         result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})

@@ -211,7 +211,8 @@ def test_a_combined_ranker_worse_than_features_only_on_validation_is_not_registe
     _prepare(args)
     assert main(["textmodel", "train", *args]) == 0
     path = tmp_path / "d" / INTEREST_FILE
-    features = pl.read_parquet(tmp_path / "d" / "features.parquet").select("impression_id", "item_id", "split", "clicked")
+    features = pl.read_parquet(tmp_path / "d" / "features.parquet")
+    features = features.select("impression_id", "item_id", "split", "clicked")
     misleading = (
         pl.read_parquet(path)
         .join(features, on=["impression_id", "item_id"])

@@ -53,7 +53,8 @@ def build(cfg, catalogue):
 
 
 def trainable(trainer: ClickTrainer) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    """Everything a warm start loads: the trainable weights and the item tower's standardisation."""
+    return {n: p.detach().clone() for n, p in trainer.model.learned_state().items()}
 
 
 @pytest.fixture(scope="module")

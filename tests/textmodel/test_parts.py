@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from textmodel.data import Catalogue, ImpressionSet, TextDataError, cross_fit_plan, sample_examples
+from textmodel.data import Catalogue, ImpressionSet, TextDataError, cross_fit_plan, sample_examples, selection_split
 from textmodel.encoder import length_buckets
 from textmodel.prompt import ItemText, Prompt
 from textmodel.towers import UserTower, pool
@@ -150,3 +150,34 @@ def test_cross_fit_plan_errors_name_the_setting() -> None:
     _, untimed = _set()
     with pytest.raises(TextDataError, match="column 'ts'"):
         cross_fit_plan(untimed, folds=2, scheme="time", seed=0)
+
+
+def test_selection_split_holds_out_the_latest_impressions_ties_together() -> None:
+    times = [5, 1, 9, 3, 3, 7, 2, 8, 6, 4, 0, 9]  # the two hour-9 impressions are the latest
+    data = _timed_set(times)
+    fit, select = selection_split(data, 0.1)  # 10% of 12 impressions: the latest time, both ties with it
+    assert sorted(select.impression_ids) == ["i02", "i11"]
+    assert sorted(fit.impression_ids) == sorted(set(data.impression_ids) - {"i02", "i11"})
+    assert fit.impression_ts.max() < select.impression_ts.min()
+    fit, select = selection_split(data, 0.25)  # 3 impressions: hours 8, 9, 9
+    assert sorted(select.impression_ids) == ["i02", "i07", "i11"]
+    with pytest.raises(TextDataError, match=r"selection_fraction 0\.5: the 2 train impression"):
+        selection_split(_timed_set([3, 3]), 0.5)  # one instant: nothing to train on
+
+
+def test_standardisation_centres_and_scales_the_head_input() -> None:
+    from textmodel.towers import ItemTower
+
+    torch.manual_seed(0)
+    pooled = torch.randn(50, 6) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) + 40.0  # nearly parallel rows
+    tower = ItemTower(backbone=None, hidden_size=6, dim=3, pooling="mean", standardize=True)
+    assert torch.equal(tower.pooled_mean, torch.zeros(6)) and torch.equal(tower.pooled_scale, torch.ones(6))
+    tower.fit_standardisation(pooled)
+    standardised = (pooled - tower.pooled_mean) / tower.pooled_scale
+    assert torch.allclose(standardised.mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(standardised.std(0), torch.ones(6), atol=1e-5)
+    expected = torch.nn.functional.normalize(tower.proj(standardised), dim=-1)
+    assert torch.allclose(tower.head(pooled), expected)
+    plain = ItemTower(backbone=None, hidden_size=6, dim=3, pooling="mean")  # models saved before: raw input
+    plain.fit_standardisation(pooled)  # a no-op
+    assert not list(plain.buffers())
