@@ -8,7 +8,8 @@ timing: for each token budget, the lower-layer cache (items/s, seconds, memory) 
 grid: each variant trains with ``ClickTrainer.fit`` on the same data, prompt, tokens, negatives and schedule:
     the same probe phase, then ``epochs x max_steps_per_epoch`` steps of either the head alone over the frozen
     backbone (``frozen``) or adapters + head (a PEFT method). Reported: validation (what selection may look at)
-    and test impression-mean AUC / nDCG@10 of the **exported interest score** (the text part the ranker reads),
+    and test impression-mean AUC / nDCG@10 of the **exported interest score** (the text part the ranker reads;
+    every model is trained and selected on the train split as the pipeline does: its latest impressions select),
     and the paired 95% bootstrap interval of each variant's test gain over ``frozen`` for the same seed.
 
 Variants are ``NAME`` (a PEFT method, or ``frozen``) or ``NAME:key=value,key=value`` (config overrides under
@@ -37,7 +38,7 @@ from offline.textmodel_stage import impression_auc, text_inputs  # noqa: E402
 from ranker.compare import paired_bootstrap  # noqa: E402
 from ranker.evaluate import per_impression_metrics, score_metrics  # noqa: E402
 from textmodel.backbone import load_backbone  # noqa: E402
-from textmodel.data import batches, sample_examples  # noqa: E402
+from textmodel.data import batches, sample_examples, selection_split  # noqa: E402
 from textmodel.model import build_text_model  # noqa: E402
 from textmodel.prompt import ItemText  # noqa: E402
 from textmodel.scoring import score_rows  # noqa: E402
@@ -114,6 +115,7 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
     started = time.perf_counter()
     backbone = load_backbone(tm.backbone, tm.cache_dir)  # fresh: PEFT injects adapters into the modules
     catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
+    fit, selection = selection_split(sets["train"], tm.train.selection_fraction)  # as the pipeline selects
     model, encoder = build_text_model(tm, backbone, catalogue, torch.device("cpu"))
     key = (tm.max_tokens, tm.trainable_top_layers, tuple(catalogue.texts[:3]))
     if key in cache:
@@ -134,7 +136,7 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
         trainer._best_state, trainer._memory = trainer.trainable_state(), memory
         trainer._rng, result = copy.deepcopy(rng), copy.deepcopy(probed)
     else:
-        result = trainer.probe(sets["train"], sets["val"], progress=progress)
+        result = trainer.probe(fit, selection, progress=progress)
         if shares_probe:
             probes[probe_key] = (
                 trainer.trainable_state(),
@@ -143,7 +145,7 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
                 trainer._memory,
             )
     probe_frames = _scores(trainer._memory, model, sets)
-    result = trainer.fine_tune(sets["train"], sets["val"], result, progress=progress)
+    result = trainer.fine_tune(fit, selection, result, progress=progress)
     frames = _scores(encoder.encode_all(), model, sets)
     summary = {}
     for split in ("val", "test"):

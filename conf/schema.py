@@ -450,6 +450,12 @@ class RankerConfig(_Strict):
         gt=1, le=10000, description="LightGBM's per-query row limit: longer impressions are cut into chunks."
     )
     seed: int = Field(description="Seed of LightGBM's sampling.")
+    num_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="LightGBM threads of an in-process fit; null = all cores. LightGBM ignores OMP_NUM_THREADS: "
+        "two fits side by side on a 2-core machine each took ~8x longer than alone until capped at 1.",
+    )
     text_guard: GuardConfig = Field(
         default_factory=lambda: GuardConfig(metric="ndcg_at_10"),
         description="With use_text, the combined ranker is shipped (registered) only when it beats the "

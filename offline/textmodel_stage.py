@@ -201,7 +201,7 @@ def _finish(
         split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in scored.items()
     }
     frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
-    frozen = _frozen_scores(t, sets, memory, export["exported"], progress)
+    frozen = _frozen_scores(t, sets, memory, progress)
     if frozen is not None:
         frames = {split: frame.hstack([frozen[split]]) for split, frame in frames.items()}
     cross_fit: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
@@ -258,10 +258,11 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     trainer, model, encoder = t.trainer, t.model, t.encoder
     if trainer.probe_state is None:
         return {"exported": "trained", "reason": "warm-started: no probe of this run to compare with"}
-    if trainer.frozen or result.best_phase != "fine-tune":
+    if trainer.frozen:  # a head over the frozen backbone: nothing adapted to judge (its best head is loaded)
+        return {"exported": "probe", "reason": "no adapters trained"}
+    if result.best_phase != "fine-tune":
         trainer.restore(trainer.probe_state)
-        reason = "no adapters trained" if trainer.frozen else f"no fine-tuning epoch ({result.best_phase})"
-        return {"exported": "probe", "reason": reason}
+        return {"exported": "probe", "reason": f"no fine-tuning epoch ({result.best_phase})"}
     adapted = trainer.trainable_state()
     frame = t.selection.row_keys.with_columns(pl.Series("clicked", t.selection.row_label))
     adapted_scores = score_rows(model, encoder.encode_all(progress=progress), t.selection)
@@ -284,20 +285,21 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     return {"exported": decision.chosen, "reason": decision.reason, "guard": decision.to_json()}
 
 
-def _frozen_scores(
-    t: _Training, sets: dict[str, ImpressionSet], memory, exported: str, progress: bool
-) -> dict[str, pl.Series] | None:
+def _frozen_scores(t: _Training, sets: dict[str, ImpressionSet], memory, progress: bool) -> dict[str, pl.Series] | None:
     """``interest_frozen`` for every row of every split: the probe's scores (the frozen-backbone head), which
     the report compares the exported model with. In-sample on train rows (the ranker never reads it). None
     when the run had no probe (a warm start)."""
+    import torch
+
     from textmodel.scoring import score_rows
 
     trainer = t.trainer
     if trainer.probe_state is None:
         return None
-    exported_state = None
-    if exported != "probe":
-        exported_state = trainer.trainable_state()
+    exported_state = trainer.trainable_state()
+    if all(torch.equal(w.to(exported_state[n].device), exported_state[n]) for n, w in trainer.probe_state.items()):
+        exported_state = None  # the probe is what is exported: its vectors are ``memory``
+    else:
         trainer.restore(trainer.probe_state)
         memory = t.encoder.encode_all(progress=progress)
     out = {

@@ -118,7 +118,7 @@ def fit_ranker(
     best: FitResult | None = None
     trials = []
     for params in _grid(cfg):
-        model = lgb.LGBMRanker(**estimator_params(params, cfg))
+        model = lgb.LGBMRanker(**estimator_params(params, cfg), n_jobs=cfg.num_threads)
         fit_model(model, fit_on, val_on, list(inputs.features), categorical, cfg.early_stopping_rounds)
         score = float(model.best_score_["valid_0"]["ndcg@10"])
         trials.append(
