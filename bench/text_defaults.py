@@ -182,9 +182,11 @@ def main() -> int:
     parser.add_argument("--ranker", action="store_true", help="also fit both rankers and compare them")
     parser.add_argument("--tag", default="", help="suffix of the variant names in the results")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "text_defaults.json", help="results JSON (merged)")
+    parser.add_argument("--skip-done", action="store_true", help="skip runs already in the results JSON")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out_json = RESULTS / "text_defaults.json"
+    out_json = args.out
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out_json.read_text()) if out_json.is_file() else {}
     memoise_cache()
     keys = []
@@ -193,12 +195,18 @@ def main() -> int:
             name, overrides = parse_variant(spec)
             for seed in [int(s) for s in args.seeds.split(",")]:
                 key = f"{data.name}|{name}{args.tag}|{seed}"
+                if args.skip_done and key in runs:
+                    keys.append(key)
+                    continue
                 print(f"== {key}: {' '.join(overrides)}", flush=True)
                 row = run_one(data, overrides, seed, args)
                 row.update(overrides=overrides, set=args.set, seed=seed)
-                runs[key] = row
                 keys.append(key)
-                out_json.write_text(json.dumps(runs, indent=2, default=str))
+                runs = json.loads(out_json.read_text()) if out_json.is_file() else {}  # another run may have written
+                runs[key] = row
+                tmp = out_json.with_suffix(".tmp")
+                tmp.write_text(json.dumps(runs, indent=2, default=str))
+                tmp.replace(out_json)
                 auc = row["interest_auc"]
                 line = f"{key}: interest sel {auc['selection']:.4f} val {auc['val']:.4f} test {auc['test']:.4f}"
                 if "ranker" in row:
