@@ -118,7 +118,8 @@ def _selection_section(selection: dict) -> list[str]:
     parts = ["## Model selection", ""]
     guard = selection.get("text_guard")
     shipped = selection["shipped_ranker"]
-    parts.append(f"- **shipped ranker**: `{shipped}`" + (f" ({guard['reason']})" if guard else ""))
+    evidence = guard.get("evidence", guard.get("reason")) if guard else None
+    parts.append(f"- **shipped ranker**: `{shipped}`" + (f" ({evidence})" if evidence else ""))
     text = selection.get("text_model")
     if text:
         export = text.get("export") or {}
@@ -128,7 +129,8 @@ def _selection_section(selection: dict) -> list[str]:
         if sel:
             parts.append(
                 f"- **text model selected on**: its own {sel['impressions']} latest train impressions "
-                f"({sel['from']} to {sel['to']}), never trained on; the ranker's validation split is not among them"
+                f"({sel['from'][:19]} to {sel['to'][:19]} UTC), never trained on; the ranker's validation split is "
+                "not among them"
             )
         by_split = text.get("interest_auc_by_split", {})
         if by_split:

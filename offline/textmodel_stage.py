@@ -282,7 +282,7 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     if decision.accepted:
         trainer.restore(adapted)
     say(f"text model export: {decision.reason}", progress)
-    return {"exported": decision.chosen, "reason": decision.reason, "guard": decision.to_json()}
+    return {"exported": decision.chosen, "reason": decision.evidence, "guard": decision.to_json()}
 
 
 def _frozen_scores(t: _Training, sets: dict[str, ImpressionSet], memory, progress: bool) -> dict[str, pl.Series] | None:

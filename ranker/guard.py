@@ -41,14 +41,19 @@ class GuardDecision:
         return self.candidate if self.accepted else self.reference
 
     @property
-    def reason(self) -> str:
-        """One line: what was chosen, on what evidence."""
+    def evidence(self) -> str:
+        """The comparison the decision rests on, in one line."""
         verdict = "above" if self.accepted else "not above"
         return (
-            f"{self.chosen} ({self.candidate} - {self.reference} {self.metric} on {self.impressions} {self.on} "
-            f"impressions {self.gain.mean:+.4f} [{self.gain.low:+.4f}, {self.gain.high:+.4f}] (95%), lower end "
-            f"{verdict} {self.min_gain:+.4f})"
+            f"{self.candidate} - {self.reference} {self.metric} on {self.impressions} {self.on} impressions "
+            f"{self.gain.mean:+.4f} [{self.gain.low:+.4f}, {self.gain.high:+.4f}] (95%), lower end {verdict} "
+            f"{self.min_gain:+.4f}"
         )
+
+    @property
+    def reason(self) -> str:
+        """One line: what was chosen, on what evidence."""
+        return f"{self.chosen} ({self.evidence})"
 
     @classmethod
     def from_json(cls, raw: dict) -> GuardDecision:
@@ -80,6 +85,7 @@ class GuardDecision:
             "impressions": self.impressions,
             "on": self.on,
             "reason": self.reason,
+            "evidence": self.evidence,
         }
 
 
