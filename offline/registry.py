@@ -59,15 +59,23 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
 
     meta = json.loads((folder / "textmodel.json").read_text())
     parent = {PARENT_TAG: str(meta[PARENT_TAG])} if meta.get(PARENT_TAG) is not None else {}
+    export = meta.get("export") or {}
+    # which trained state this is (the adapted encoder or the run's probe) and why: on the run and the version
+    exported = {"exported": str(export["exported"]), "export_reason": str(export["reason"])} if export else {}
     example = pd.DataFrame({"history": ["1 2 3", ""], "item_id": ["4", "5"], "text": ["", ""]})
     signature = infer_signature(example, pd.Series([0.1, 0.2], name="interest_score"))
     with mlflow.start_run(run_name="textmodel") as run:
         mlflow.log_params(_flat("", {"textmodel": meta["config"], "backbone": meta["backbone"], **parent}))
         mlflow.log_metrics({f"impression_auc_{k}": v for k, v in meta["impression_auc"].items()})
         for epoch in meta["train"]["epochs"]:
-            mlflow.log_metric("val_impression_auc", epoch["val_metric"], step=epoch["epoch"])
+            mlflow.log_metric("selection_impression_auc", epoch["val_metric"], step=epoch["epoch"])
         mlflow.set_tags(
-            {"data_fingerprint": str(meta.get("data_fingerprint")), "git_commit": git_commit(), "profile": cfg.profile}
+            {
+                "data_fingerprint": str(meta.get("data_fingerprint")),
+                "git_commit": git_commit(),
+                "profile": cfg.profile,
+                **exported,
+            }
         )
         info = mlflow.pyfunc.log_model(
             name="textmodel",
@@ -86,6 +94,7 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
             "git_commit": git_commit(),
             "run_id": run.info.run_id,
             **parent,
+            **exported,
         },
     )
     return str(mv.version)

@@ -253,7 +253,7 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     the set it is judged on is not shipped. Without a probe (a warm start) the trained state is exported.
     """
     from ranker.guard import decide
-    from textmodel.scoring import score_rows
+    from textmodel.scoring import score_rows, scored_frame
 
     trainer, model, encoder = t.trainer, t.model, t.encoder
     if trainer.probe_state is None:
@@ -265,9 +265,20 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
         return {"exported": "probe", "reason": f"no fine-tuning epoch ({result.best_phase})"}
     adapted = trainer.trainable_state()
     frame = t.selection.row_keys.with_columns(pl.Series("clicked", t.selection.row_label))
-    adapted_scores = score_rows(model, encoder.encode_all(progress=progress), t.selection)
+    scored = {"selection": t.selection, **t.sets}
+
+    def auc_by_split(memory) -> dict[str, float]:
+        """The loaded towers over ``memory``: impression-mean AUC on every split (for the record)."""
+        return {s: impression_auc(scored_frame(d, score_rows(model, memory, d))) for s, d in scored.items()}
+
+    # Each candidate is scored with its own towers (they differ when fine_tune_head_lr > 0).
+    adapted_memory = encoder.encode_all(progress=progress)
+    adapted_scores = score_rows(model, adapted_memory, t.selection)
+    candidates = {"adapted": auc_by_split(adapted_memory)}
     trainer.restore(trainer.probe_state)
-    probe_scores = score_rows(model, encoder.encode_all(progress=progress), t.selection)
+    probe_memory = encoder.encode_all(progress=progress)
+    probe_scores = score_rows(model, probe_memory, t.selection)
+    candidates["probe"] = auc_by_split(probe_memory)
     ev = cfg.evaluation
     decision = decide(
         frame,
@@ -282,7 +293,13 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     if decision.accepted:
         trainer.restore(adapted)
     say(f"text model export: {decision.reason}", progress)
-    return {"exported": decision.chosen, "reason": decision.evidence, "guard": decision.to_json()}
+    # candidates_auc: what each choice scores on every split, for the record; only the selection decided
+    return {
+        "exported": decision.chosen,
+        "reason": decision.evidence,
+        "guard": decision.to_json(),
+        "candidates_auc": candidates,
+    }
 
 
 def _frozen_scores(t: _Training, sets: dict[str, ImpressionSet], memory, progress: bool) -> dict[str, pl.Series] | None:

@@ -62,7 +62,11 @@ def test_pipeline_registers_the_pair_and_promotes_the_first_version(world) -> No
     assert mv.tags["textmodel_version"] == "1"
     assert mv.tags["data_fingerprint"] and mv.tags["git_commit"]
     assert mv.tags["score"].startswith("pyfunc predict = the /rank score") and mv.tags["snapshot_id"]
-    assert client.get_model_version(f"{cfg.mlflow.model_prefix}-textmodel", "1").tags["data_fingerprint"]
+    text_version = client.get_model_version(f"{cfg.mlflow.model_prefix}-textmodel", "1")
+    assert text_version.tags["data_fingerprint"]
+    # which state was exported, and the evidence, go with the text model; which ranker shipped, with the ranker
+    assert text_version.tags["exported"] in {"probe", "adapted"} and text_version.tags["export_reason"]
+    assert mv.tags["shipped"] == "ranker" and "ranker - lightgbm_features_only ndcg_at_10" in mv.tags["text_guard"]
     report = Path(cfg.data.dir) / "report"
     assert (report / "feature_importance.png").is_file() and (report / "metric_by_model.png").is_file()
     text = (report / "report.md").read_text()

@@ -163,6 +163,12 @@ def test_an_adapted_model_worse_than_its_probe_is_not_exported(source, tmp_path,
     assert guard["candidate_value"] < guard["reference_value"] - 0.1  # the precondition: adapted is worse
     assert guard["reference_value"] > 0.8  # the probe learned the text signal
     assert meta["export"]["exported"] == "probe" and not guard["accepted"]
+    # both candidates are on record on every split; the guard's figures are theirs on the selection impressions
+    candidates = meta["export"]["candidates_auc"]
+    assert set(candidates["adapted"]) == set(candidates["probe"]) == {"selection", "train", "val", "test"}
+    assert guard["candidate_value"] == pytest.approx(candidates["adapted"]["selection"], abs=1e-12)
+    assert guard["reference_value"] == pytest.approx(candidates["probe"]["selection"], abs=1e-12)
+    assert meta["impression_auc"]["test"] == candidates["probe"]["test"]  # the probe is what was exported
     # what is exported is the probe: its scores are the frozen head's, bit for bit, on every held-out row
     interest = pl.read_parquet(tmp_path / "d" / INTEREST_FILE)
     features = pl.read_parquet(tmp_path / "d" / "features.parquet").select("impression_id", "item_id", "split")
