@@ -69,11 +69,14 @@ def test_a_text_model_config_saved_before_later_fields_still_loads() -> None:
     saved = load_config(None).textmodel.model_dump(mode="json")
     del saved["train"]["offset_feature"], saved["train"]["oof_scheme"]
     del saved["train"]["fine_tune_head_lr"], saved["train"]["adversarial"], saved["lower_dtype"], saved["prompt"]
+    del saved["standardize"]
     old = TextModelConfig.model_validate(saved)
+    assert old.standardize is False  # projected the raw pooled vectors
     assert old.train.offset_feature is None and old.train.oof_scheme == "impressions"
     # Saved before #13: towers trained at lr in the second phase, float32 lower layers, no adversarial loss.
     assert old.train.fine_tune_head_lr is None and old.lower_dtype == "float32" and old.prompt is None
     assert old.train.adversarial.method == "none"
     current = load_config(None).textmodel
-    assert current.train.offset_feature is None and current.train.oof_scheme == "time"
+    assert current.train.offset_feature == "item_ctr_smoothed" and current.train.oof_scheme == "time"
+    assert current.standardize is True
     assert current.train.fine_tune_head_lr == 0.0 and current.lower_dtype == "auto"

@@ -154,7 +154,11 @@ def test_a_frozen_backbone_keeps_its_probe_from_the_parents_towers(tiny_data, tm
             "prompt='{title}'",
             "textmodel.prompt differs: parent '{title}\\n{subcategory}\\n{body}', configured '{title}'",
         ),
-        ("train.offset_feature=item_ctr_smoothed", "textmodel.train.offset_feature differs: parent None"),
+        (
+            "train.offset_feature=null",
+            "textmodel.train.offset_feature differs: parent 'item_ctr_smoothed', configured None",
+        ),
+        ("standardize=false", "textmodel.standardize differs: parent True, configured False"),
     ],
 )
 def test_warm_start_refuses_another_definition(parent, override: str, message: str) -> None:
