@@ -56,7 +56,8 @@ def memoise_cache() -> dict:
 
     def cached(self: ItemEncoder, progress: bool = True) -> None:
         ids = self.tokens.ids.numpy()
-        key = (hashlib.sha256(ids.tobytes()).hexdigest(), ids.shape, self.tower.backbone.top_layers)
+        backbone = self.tower.backbone
+        key = (hashlib.sha256(ids.tobytes()).hexdigest(), ids.shape, type(backbone).__name__, backbone.top_layers)
         if key not in memo:
             memo.clear()  # one cache at a time in memory
             build(self, progress)

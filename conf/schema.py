@@ -135,8 +135,9 @@ class EvaluationConfig(_Strict):
 class PeftConfig(_Strict):
     """Parameter-efficient fine-tuning of the backbone's top layers (see ``textmodel.peft_methods``)."""
 
-    method: Literal["lora", "adalora", "ia3", "prefix", "full"] = Field(
-        description="lora (default), adalora, ia3, prefix (prefix tuning) or full (all weights of the top layers)."
+    method: Literal["lora", "adalora", "ia3", "prefix", "full", "side"] = Field(
+        description="lora (default), adalora, ia3, prefix (prefix tuning), full (all weights of the top layers) or "
+        "side (a side network over the pooled states of the top layers, the backbone frozen: textmodel/side.py)."
     )
     r: int = Field(gt=0, description="LoRA / AdaLoRA rank (AdaLoRA starts at 1.5x and prunes down to r).")
     alpha: float = Field(gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -145,6 +146,7 @@ class PeftConfig(_Strict):
         description="Module names to adapt; null picks the architecture's attention projections."
     )
     prefix_tokens: int = Field(gt=0, description="Virtual tokens per layer for prefix tuning.")
+    side_width: int = Field(default=64, gt=0, description="Width of the side network (method side).")
 
 
 class AdversarialConfig(_Strict):
@@ -219,7 +221,11 @@ class TrainConfig(_Strict):
         description="softmax: one clicked item against `negatives` unclicked ones of the same impression (NRMS); "
         "bce: pointwise binary cross-entropy on every shown item."
     )
-    negatives: int = Field(gt=0, description="Unclicked items per positive for softmax (sampled with replacement).")
+    negatives: int = Field(
+        gt=0,
+        description="Unclicked items per positive for softmax, drawn from its impression without replacement (with "
+        "replacement only where the impression has fewer).",
+    )
     batch_size: int = Field(gt=0, description="Training examples per step.")
     epochs: int = Field(gt=0, description="Maximum fine-tuning epochs (early stopping may end sooner).")
     probe_epochs: int = Field(
@@ -271,6 +277,22 @@ class TrainConfig(_Strict):
     )
     adversarial: AdversarialConfig = Field(
         default_factory=AdversarialConfig, description="Adversarial training (FGM / PGD); method none = off."
+    )
+    live_history: int | None = Field(
+        default=None,
+        ge=0,
+        description="History items per example encoded in the step's graph, with gradients, together with its "
+        "candidates (the newest N; null = all): the loss is then the same function of the weights in training, "
+        "validation and serving. The older ones are read from the history memory (re-encoded without gradients "
+        "every memory_refresh_steps and at epoch ends). 0 = all from the memory (models before this field). "
+        "Head-only phases encode every history item live (it costs a projection).",
+    )
+    held_in_impressions: int = Field(
+        default=1000,
+        gt=0,
+        description="Train impressions (a fixed draw) on which the training loss is logged at each epoch's end with "
+        "the epoch's final weights (`held_in_loss`): a curve of one model at a time, unlike the step losses' "
+        "running mean over a moving one.",
     )
     memory_refresh_steps: int | None = Field(
         default=None,
@@ -393,7 +415,8 @@ class TextModelConfig(_Strict):
     trainable_top_layers: int = Field(
         ge=0,
         description="Top layers that carry adapters; the layers below are frozen and their outputs cached per "
-        "item. 0 = backbone frozen (towers over frozen pooled vectors).",
+        "item (peft.method side: the top layers whose pooled states the side network reads). 0 = backbone "
+        "frozen (towers over frozen pooled vectors).",
     )
     lower_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="float32",
@@ -403,6 +426,13 @@ class TextModelConfig(_Strict):
         "on CUDA or such a CPU, else float32. Models saved before this field ran float32.",
     )
     score_scale: float = Field(gt=0, description="Initial scale of the dot product (learned).")
+    # Defaults to cosine: every text model saved before it scored by cosine.
+    similarity: Literal["cosine", "dot"] = Field(
+        default="cosine",
+        description="cosine: user and item vectors are unit length and the score is a learned scale (an inverse "
+        "temperature) times their dot product; dot: the vectors keep their length (the score's scale is learned "
+        "as well).",
+    )
     peft: PeftConfig
     train: TrainConfig
 

@@ -162,7 +162,8 @@ def _cache_key(cfg: Config, identity, tokens) -> str:
     """What the lower-layer states depend on: the backbone's content, the cut, the dtype and the token ids."""
     tm = cfg.textmodel
     digest = hashlib.sha256()
-    digest.update(json.dumps([identity.sha256, tm.trainable_top_layers, tm.lower_dtype]).encode())
+    side = tm.peft.method == "side"  # the side network caches per-layer pooled states, not token states
+    digest.update(json.dumps([identity.sha256, tm.trainable_top_layers, tm.lower_dtype, side]).encode())
     digest.update(tokens.ids.numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -173,6 +174,8 @@ def share_cache(cfg: Config, identity, tokens, hidden: int, workers: int, progre
 
     cfg = _resolved_lower_dtype(cfg)
     n, width = tokens.ids.shape
+    if cfg.textmodel.peft.method == "side":  # one pooled state per read layer (textmodel.side)
+        width = cfg.textmodel.trainable_top_layers
     nbytes = n * width * hidden * 4
     mode = cache_mode(cfg.textmodel.train.distributed.shared_cache, nbytes, _node_stores())
     bounds = [share_bounds(n, r, workers) for r in range(workers)]

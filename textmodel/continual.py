@@ -33,6 +33,7 @@ SHARED_FIELDS = (
     "max_tokens",
     "train.offset_feature",  # a residual-over-CTR text score means something else than a plain one
     "standardize",
+    "similarity",
 )
 # What each method's weights also depend on (LoRA's scale is alpha / r; prefix tuning's shape is its tokens).
 PEFT_FIELDS = {
@@ -41,6 +42,7 @@ PEFT_FIELDS = {
     "ia3": ("peft.target_modules",),
     "prefix": ("peft.prefix_tokens",),
     "full": (),
+    "side": ("peft.side_width",),
 }
 
 

@@ -197,8 +197,9 @@ class Examples:
 
 
 def sample_examples(data: ImpressionSet, objective: str, negatives: int, rng: np.random.Generator) -> Examples:
-    """One epoch's examples. softmax: every clicked row with ``negatives`` unclicked rows of its impression
-    drawn with replacement (impressions without both labels give none); bce: every row."""
+    """One epoch's examples. softmax: every clicked row with ``negatives`` unclicked rows of its impression,
+    drawn without replacement (an impression with fewer gives each of its own in turn, in a random order;
+    impressions without both labels give none); bce: every row."""
     if objective == "bce":
         offsets = None if data.row_offset is None else data.row_offset[:, None]
         return Examples(
@@ -213,9 +214,12 @@ def sample_examples(data: ImpressionSet, objective: str, negatives: int, rng: np
     if len(positives) == 0:
         raise TextDataError("no impression has both a clicked and an unclicked item: nothing to train on")
     p_imp = imp[positives]
-    draws = first[p_imp][:, None] + (rng.random((len(positives), negatives)) * neg_count[p_imp][:, None]).astype(
-        np.int64
-    )
+    counts = neg_count[p_imp]  # (P,) unclicked rows of each positive's impression
+    keys = rng.random((len(positives), int(counts.max())))
+    keys[np.arange(keys.shape[1])[None, :] >= counts[:, None]] = 2.0  # beyond the impression's own: sorted last
+    permutation = np.argsort(keys, axis=1)  # a random order of each impression's unclicked rows
+    turn = np.arange(negatives)[None, :] % counts[:, None]
+    draws = first[p_imp][:, None] + np.take_along_axis(permutation, turn, axis=1)
     candidates = np.concatenate([item[positives][:, None], item[draws]], axis=1)
     labels = np.zeros(candidates.shape, dtype=np.float32)
     labels[:, 0] = 1.0

@@ -142,14 +142,18 @@ class ItemEncoder:
         return (torch.arange(width)[None, :] < lengths[:, None]).long().to(self.device)
 
     def lower_states(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lower-layer states and mask for items ``index`` (from the cache when built): (B, T, H), (B, T)."""
+        """Lower-layer states and mask for items ``index`` (from the cache when built): (B, T, H), (B, T).
+
+        T is the items' longest token length for a cut decoder, the number of read layers for a side network
+        (``backbone.state_width``)."""
         lengths = self.tokens.lengths[index]
         width = int(lengths.max())
         mask = self._mask(lengths, width)
+        backbone = self.tower.backbone
         if self.cache is not None:
-            return self.cache.take(index, width).to(self.device), mask
+            return self.cache.take(index, backbone.state_width(width)).to(self.device), backbone.state_mask(mask)
         ids = self.tokens.ids[index, :width].to(self.device)
-        return self.tower.backbone.lower(ids, mask), mask
+        return backbone.lower(ids, mask), backbone.state_mask(mask)
 
     @torch.no_grad()
     def build_cache(self, progress: bool = True) -> None:
@@ -162,7 +166,7 @@ class ItemEncoder:
         """Lower-layer states of items ``start..stop-1`` (in that order), padded to the catalogue's width
         ``(n, T, H)``: one shard of the cache (data-parallel workers each compute one; :class:`ShardedCache`)."""
         index = torch.arange(start, stop)
-        width = self.tokens.ids.shape[1]
+        width = self.tower.backbone.state_width(self.tokens.ids.shape[1])
         chunks, order = [], []
         buckets = list(length_buckets(self.tokens.lengths[index], self.token_budget))
         for bucket in show_progress(buckets, "cache lower layers", len(buckets), progress):

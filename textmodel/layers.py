@@ -11,6 +11,7 @@ The split is checked numerically when built: lower + upper must equal the plain 
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,6 +19,37 @@ from torch import nn
 from textmodel.backbone import BackboneError
 
 _ABSOLUTE_POSITIONS = ("wpe", "embed_positions")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H): the last non-pad token (right padding) or the masked mean."""
+    if how == "last":
+        last = mask.long().sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if how == "mean":
+        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"textmodel.pooling: unknown pooling {how!r} (last or mean)")
+
+
+class ItemBackbone(Protocol):
+    """What the item tower and the encoder need of a backbone: a frozen, cacheable part (``lower``) and a
+    trainable part run every step (``pooled``). :class:`SplitBackbone` cuts the decoder's layers (LoRA, IA3,
+    prefix, full); :class:`textmodel.side.SideBackbone` caches every read layer's pooled state and trains a side
+    network over them."""
+
+    top_layers: int
+    upper_model: nn.Module | None
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def state_width(self, token_width: int) -> int: ...
+
+    def state_mask(self, token_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def pooled(self, states: torch.Tensor, mask: torch.Tensor, how: str, scale: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H), (B, T) -> (B, H); ``scale`` (H,): the spread the item tower standardises by, or None."""
+        ...
 
 
 def _layer_list_name(base: nn.Module) -> str:
@@ -117,6 +149,18 @@ class SplitBackbone(nn.Module):
     def set_upper(self, module: nn.Module) -> None:
         """Install the PEFT-wrapped upper model."""
         self.upper_model = module
+
+    def state_width(self, token_width: int) -> int:
+        """Positions of the cached states of items ``token_width`` tokens long: one per token."""
+        return token_width
+
+    def state_mask(self, token_mask: torch.Tensor) -> torch.Tensor:
+        """The mask of the cached states: the tokens'."""
+        return token_mask
+
+    def pooled(self, states: torch.Tensor, mask: torch.Tensor, how: str, scale: torch.Tensor | None) -> torch.Tensor:
+        """The upper layers over cached states, pooled over the tokens: (B, T, H), (B, T) -> (B, H)."""
+        return pool(self.upper(states, mask), mask, how)
 
     @torch.no_grad()
     def check_exact(self, vocab_size: int, atol: float = 1e-4) -> float:

@@ -12,6 +12,7 @@ from textmodel.data import Catalogue
 from textmodel.encoder import ItemEncoder, Tokenized
 from textmodel.layers import SplitBackbone
 from textmodel.peft_methods import adapt
+from textmodel.side import SideBackbone
 from textmodel.towers import TextModel
 
 
@@ -47,17 +48,24 @@ def resolve_lower_dtype(name: str, device: torch.device) -> torch.dtype:
 def build_text_model_only(
     cfg: TextModelConfig, backbone: Backbone, device: torch.device, total_steps: int = 1000
 ) -> TextModel:
-    """Split the backbone, adapt its top layers with ``cfg.peft.method`` and add the towers."""
+    """Split the backbone, adapt its top layers with ``cfg.peft.method`` and add the towers (``side``: the
+    backbone is read at its top layers and a side network is trained beside it, :mod:`textmodel.side`)."""
     torch.manual_seed(cfg.train.seed)
     for param in backbone.model.parameters():
         param.requires_grad_(False)
-    split = SplitBackbone(backbone.model, cfg.trainable_top_layers)
-    split.check_exact(len(backbone.tokenizer))  # the split itself, in float32
+    split: SplitBackbone | SideBackbone
+    if cfg.peft.method == "side" and cfg.trainable_top_layers > 0:
+        split = SideBackbone(
+            backbone.model, cfg.trainable_top_layers, cfg.pooling, cfg.peft.side_width, cfg.peft.dropout
+        )
+    else:
+        split = SplitBackbone(backbone.model, cfg.trainable_top_layers)
+        split.check_exact(len(backbone.tokenizer))  # the split itself, in float32
     split.set_lower_dtype(resolve_lower_dtype(cfg.lower_dtype, device))
     if split.upper_model is not None:
         split.set_upper(adapt(split.upper_model, cfg.peft, backbone.identity.model_type, total_steps))
     hidden = backbone.identity.hidden_size
-    return TextModel(split, hidden, cfg.dim, cfg.pooling, cfg.score_scale, cfg.standardize).to(device)
+    return TextModel(split, hidden, cfg.dim, cfg.pooling, cfg.score_scale, cfg.standardize, cfg.similarity).to(device)
 
 
 def build_text_model(

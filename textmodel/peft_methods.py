@@ -2,7 +2,8 @@
 
 Each entry takes the upper model (the top layers, see :mod:`textmodel.layers`) with every weight frozen
 and returns the module to train: a PEFT model for ``lora``, ``adalora``, ``ia3`` and ``prefix``, the
-same model with its top layers unfrozen for ``full``.
+same model with its top layers unfrozen for ``full``, and for ``side`` the side network that
+:class:`textmodel.side.SideBackbone` put in the upper model's place, unfrozen.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def _full(upper: nn.Module, cfg: PeftConfig, model_type: str, total_steps: int) 
     return upper
 
 
+def _side(side: nn.Module, cfg: PeftConfig, model_type: str, total_steps: int) -> nn.Module:
+    # The side network (built with the backbone that feeds it: textmodel.side) is all trainable.
+    for param in side.parameters():
+        param.requires_grad_(True)
+    return side
+
+
 AdaptFn = Callable[[nn.Module, PeftConfig, str, int], nn.Module]
 PEFT_METHODS: dict[str, AdaptFn] = {
     "lora": _lora,
@@ -122,6 +130,7 @@ PEFT_METHODS: dict[str, AdaptFn] = {
     "ia3": _ia3,
     "prefix": _prefix,
     "full": _full,
+    "side": _side,
 }
 
 

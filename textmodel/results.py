@@ -25,6 +25,10 @@ class EpochLog:
     # The loss on validation examples drawn once with a fixed seed (same negatives every epoch and every run):
     # the curve a data-parallel run is compared on with the single-process one.
     val_loss: float | None = None
+    # The training loss on a fixed draw of train impressions (``held_in_impressions``) with this epoch's final
+    # weights and freshly encoded vectors: unlike ``train_loss`` (a mean over steps of a moving model), a rise
+    # here is the model getting worse at its own objective.
+    held_in_loss: float | None = None
 
 
 @dataclass

@@ -113,7 +113,7 @@ class TextScorer:
         meta = read_meta(folder)
         cfg = saved_config(folder, meta)
         weights = load_file(str(Path(folder) / WEIGHTS_FILE))
-        users = UserTower(cfg.dim)
+        users = UserTower(cfg.dim, cfg.similarity == "cosine")
         users.load_state_dict({k.removeprefix("users."): w for k, w in weights.items() if k.startswith("users.")})
         holder = nn.Module()  # what InterestHead reads: .users and .log_scale
         holder.users, holder.log_scale = users.to(device).eval(), nn.Parameter(weights["log_scale"].to(device))
@@ -163,9 +163,7 @@ class TextScorer:
                 if item not in given and item not in texts:
                     raise KeyError(f"item {item!r} is not in the embedding table and has no text")
                 extra[item] = len(self.index) + len(extra)
-        rows = np.fromiter(
-            (self.index[i] if i in self.index else extra[i] for i in item_ids), np.int64, len(item_ids)
-        )
+        rows = np.fromiter((self.index[i] if i in self.index else extra[i] for i in item_ids), np.int64, len(item_ids))
         if not extra:  # every vector is in the table (the common request)
             return rows, None
         to_encode = [i for i in extra if i not in given]

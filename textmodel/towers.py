@@ -15,18 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textmodel.layers import SplitBackbone
+from textmodel.layers import ItemBackbone, pool
 
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """(B, T, H), (B, T) -> (B, H): the last non-pad token (right padding) or the masked mean."""
-    if how == "last":
-        last = mask.long().sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if how == "mean":
-        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-    raise ValueError(f"textmodel.pooling: unknown pooling {how!r} (last or mean)")
+__all__ = ["ItemTower", "TextModel", "UserTower", "pool"]
 
 
 class ItemTower(nn.Module):
@@ -40,9 +31,18 @@ class ItemTower(nn.Module):
     standardised it rose faster and steadily (bench/text_defaults.py). Models saved before have no buffers.
     """
 
-    def __init__(self, backbone: SplitBackbone, hidden_size: int, dim: int, pooling: str, standardize: bool = False):
+    def __init__(
+        self,
+        backbone: ItemBackbone,
+        hidden_size: int,
+        dim: int,
+        pooling: str,
+        standardize: bool = False,
+        normalize: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
+        self.normalize = normalize
         self.pooling = pooling
         self.proj = nn.Linear(hidden_size, dim)
         self.standardize = standardize
@@ -59,25 +59,28 @@ class ItemTower(nn.Module):
             self.pooled_scale.copy_(pooled.std(dim=0).clamp(min=1e-6))
 
     def pooled(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Top layers + pooling: (B, T, H), (B, T) -> (B, H)."""
-        hidden = self.backbone.upper(lower_states, mask)  # (B, T, H)
-        return pool(hidden, mask, self.pooling).float()
+        """The trainable part of the backbone + pooling: cached states (B, T, H), (B, T) -> (B, H)."""
+        scale = self.pooled_scale if self.standardize else None
+        return self.backbone.pooled(lower_states, mask, self.pooling, scale).float()
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(Standardisation +) projection + L2 norm: (B, H) -> (B, dim)."""
+        """(Standardisation +) projection (+ L2 norm for the cosine score): (B, H) -> (B, dim)."""
         if self.standardize:
             pooled = (pooled - self.pooled_mean) / self.pooled_scale
-        return F.normalize(self.proj(pooled), dim=-1)
+        out = self.proj(pooled)
+        return F.normalize(out, dim=-1) if self.normalize else out
 
     def forward(self, lower_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooled(lower_states, mask))
 
 
 class UserTower(nn.Module):
-    """History-item vectors -> unit user vector (additive attention; learned default when empty)."""
+    """History-item vectors -> user vector (additive attention; learned default when empty), unit length for
+    the cosine score."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, normalize: bool = True) -> None:
         super().__init__()
+        self.normalize = normalize
         self.key = nn.Linear(dim, dim)
         self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.out = nn.Linear(dim, dim)
@@ -91,24 +94,28 @@ class UserTower(nn.Module):
         weights = torch.softmax(logits.masked_fill(~has_history[:, None], 0.0), dim=1) * mask  # (B, N)
         pooled = (weights.unsqueeze(-1) * history).sum(dim=1)  # (B, dim)
         user = torch.where(has_history[:, None], self.out(pooled), self.default.expand_as(pooled))
-        return F.normalize(user, dim=-1)
+        return F.normalize(user, dim=-1) if self.normalize else user
 
 
 class TextModel(nn.Module):
-    """Item tower + user tower + scaled dot-product interest score."""
+    """Item tower + user tower + interest score: a learned scale times the cosine of the user and item vectors
+    (``similarity: cosine``, both unit length) or times their plain dot product (``dot``)."""
 
     def __init__(
         self,
-        backbone: SplitBackbone,
+        backbone: ItemBackbone,
         hidden_size: int,
         dim: int,
         pooling: str,
         score_scale: float,
         standardize: bool = False,
+        similarity: str = "cosine",
     ) -> None:
         super().__init__()
-        self.items = ItemTower(backbone, hidden_size, dim, pooling, standardize)
-        self.users = UserTower(dim)
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"textmodel.similarity: {similarity!r} is not one of 'cosine', 'dot'")
+        self.items = ItemTower(backbone, hidden_size, dim, pooling, standardize, similarity == "cosine")
+        self.users = UserTower(dim, similarity == "cosine")
         self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
 
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

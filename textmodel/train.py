@@ -1,12 +1,15 @@
 """Click-label training of the text model. The trainer owns the loss; the model has none.
 
-Per step: the step's unique candidate items run through the adapted top layers (gradients), the
-histories read item vectors from a memory refreshed once per epoch (no gradients), the user tower
-pools them, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or
-pointwise BCE. Validation AUC is computed after each epoch by a metric function handed in by the
-caller (the metrics live in ``ranker``; this package does not import it), with early stopping on it. What the
-trainer calls ``val`` is whatever the caller selects on: the pipeline passes the text model's own selection
-impressions (the latest train impressions), never the ranker's validation split.
+Per step: the step's unique candidate and (newest ``live_history``) history items run through the trainable
+part of the item tower together, in one graph; older history items are read from a memory of item vectors
+re-encoded without gradients (every ``memory_refresh_steps`` and at epoch ends); the user tower pools the
+history, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or pointwise
+BCE. The training loss is also logged on a fixed draw of train impressions at each epoch's end
+(``held_in_loss``), with that epoch's weights: the curve that shows whether the optimisation works.
+Validation AUC is computed after each epoch by a metric function handed in by the caller (the metrics live in
+``ranker``; this package does not import it), with early stopping on it. What the trainer calls ``val`` is
+whatever the caller selects on: the pipeline passes the text model's own selection impressions (the latest
+train impressions), never the ranker's validation split.
 
 One class on purpose (~480 lines): the probe, the fine-tuning, the cross-fitted heads and a resumed run all
 share the epoch sampler, the history memory, the best state and the step counters; the records it returns
@@ -80,20 +83,36 @@ class ClickTrainer:
         # Every trainable weight as the probe left it (the head over the untouched backbone): the reference the
         # adapted model must beat to be exported, and the frozen baseline every run reports (None: no probe ran).
         self.probe_state: dict[str, torch.Tensor] | None = None
+        self._held_in_of: tuple[ImpressionSet, ImpressionSet] | None = None  # (train set, its held-in draw)
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
-        vectors come from the cached pooled states through the head (probe phase)."""
-        unique, inverse = torch.unique(batch.candidates, return_inverse=True)  # each item encoded once per step
+        vectors come from the cached pooled states through the head (head-only phases).
+
+        The step's candidates and its live history items (:meth:`_live`) are encoded together, each unique item
+        once, in one graph: the loss depends on the trainable weights through the user vectors as well as the
+        candidates, as the score does at validation and serving. Other history items come from ``memory``."""
+        live = self._live(batch.history, pooled is not None)
+        n_candidates = batch.candidates.numel()
+        ids = torch.cat([batch.candidates.reshape(-1), batch.history[live]])
+        unique, inverse = torch.unique(ids, return_inverse=True)  # each item encoded once per step
         if pooled is not None:
             head_input = pooled[unique.to(pooled.device)]  # (U, H)
             parts = [BucketStates(torch.arange(len(unique)), head_input, torch.ones(len(unique), 1))]
         else:
             parts = self.encoder.gather(unique)  # lower-layer states per length bucket
+        rows, cols = live.nonzero(as_tuple=True)
 
         def loss_of(inputs: list[BucketStates]) -> torch.Tensor:
             fn = (lambda states, _mask: self.model.items.head(states)) if pooled is not None else None
-            return self._loss_of_items(batch, memory, self.encoder.encode_parts(inputs, fn)[inverse])
+            vectors = self.encoder.encode_parts(inputs, fn)  # (U, dim)
+            items = vectors[inverse[:n_candidates]].view(*batch.candidates.shape, -1)
+            history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient
+            if len(rows):
+                history = history.index_put(
+                    (rows.to(history.device), cols.to(history.device)), vectors[inverse[n_candidates:]]
+                )
+            return self._loss_of_items(batch, history, items)
 
         adv = self.cfg.adversarial
         if adv.method == "none":
@@ -103,9 +122,19 @@ class ClickTrainer:
         clean = loss_of(parts)
         return clean + adversarial_loss(loss_of, parts, clean, leaves, adv.method, adv.epsilon, adv.steps)
 
-    def _loss_of_items(self, batch: Batch, memory: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Sampled softmax or BCE of the batch given its candidates' vectors ``items`` (B, C, dim)."""
-        history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient: refreshed per epoch
+    def _live(self, history: torch.Tensor, head_only: bool) -> torch.Tensor:
+        """(B, cap) bool: the history positions encoded in the step's graph: the newest ``live_history`` real
+        items (histories are right-aligned, newest last), every one in head-only phases (a projection each)."""
+        real = history >= 0
+        k = None if head_only else self.cfg.live_history
+        if k is None:
+            return real
+        cap = history.shape[1]
+        return real & (torch.arange(cap, device=history.device) >= cap - k)[None, :]
+
+    def _loss_of_items(self, batch: Batch, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax or BCE of the batch given its history items' vectors ``history`` (B, cap, dim) and its
+        candidates' ``items`` (B, C, dim)."""
         users = self.model.users(history, batch.history >= 0)  # (B, dim)
         scores = self.model.score(users, items)  # (B, C)
         if batch.offsets is not None:
@@ -134,8 +163,8 @@ class ClickTrainer:
         total = 0.0
         for batch in batches(data, examples, chunk, np.random.default_rng(0), None):
             batch = batch.to(self.device)
-            items = memory[batch.candidates]
-            total += float(self._loss_of_items(batch, memory, items)) * len(batch.candidates)
+            history, items = memory[batch.history.clamp(min=0)], memory[batch.candidates]
+            total += float(self._loss_of_items(batch, history, items)) * len(batch.candidates)
         return total / len(examples)
 
     def _evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> tuple[float, float | None]:
@@ -269,8 +298,12 @@ class ClickTrainer:
             seconds = time.perf_counter() - start
             log = EpochLog(epoch, float(np.mean(losses)), metric, seconds, len(losses), name, text_metric, result.steps)
             log.val_loss = self.validation_loss(val, self._memory)
+            log.held_in_loss = self.validation_loss(self._held_in(train), self._memory)
             result.epochs.append(log)
-            say(f"{name} epoch {epoch}: loss {log.train_loss:.4f}, val {metric:.4f}, {log.seconds:.0f}s", progress)
+            held = "" if log.held_in_loss is None else f" (held-in {log.held_in_loss:.4f})"
+            say(
+                f"{name} epoch {epoch}: loss {log.train_loss:.4f}{held}, val {metric:.4f}, {log.seconds:.0f}s", progress
+            )
             result.best_by_phase[name] = max(result.best_by_phase.get(name, float("-inf")), metric)
             if metric > phase_best:
                 phase_best, stale = metric, 0
@@ -290,6 +323,18 @@ class ClickTrainer:
         # The next phase (or the caller) starts from the best state so far.
         self.restore(self._best_state)
         self._memory = self._vectors(pooled, progress)
+
+    def _held_in(self, train: ImpressionSet) -> ImpressionSet:
+        """A fixed draw of ``held_in_impressions`` of ``train``'s impressions (the same for every epoch)."""
+        if self._held_in_of is None or self._held_in_of[0] is not train:
+            m = len(train.impression_ids)
+            keep = np.zeros(m, dtype=bool)
+            pick = np.random.default_rng(self.cfg.seed + 7).choice(
+                m, min(m, self.cfg.held_in_impressions), replace=False
+            )
+            keep[pick] = True
+            self._held_in_of = (train, train.subset(keep))
+        return self._held_in_of[1]
 
     def _step(self, batch: Batch, pooled, params, optimizer, scheduler) -> float:
         """One optimiser step on ``batch``; returns its loss. Data-parallel: this worker's slice of the global
@@ -470,7 +515,9 @@ class ClickTrainer:
         self._memory = self._vectors(pooled, progress)
         init_metric, init_text = self._evaluate(val, self._memory)
         result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})
-        result.epochs.append(EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text))
+        start = EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text)
+        start.held_in_loss = self.validation_loss(self._held_in(train), self._memory)
+        result.epochs.append(start)
         self._best_state, self._fine_steps, self._fine_seconds = self.trainable_state(), 0, 0.0
         self._phase("probe", epochs, train, val, [towers], pooled, None, self._rng, result, progress)
         if not self.warm:  # a warm-started probe starts from a parent's (adapted) weights: not a frozen baseline

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -141,3 +142,26 @@ def test_memory_refresh_steps_re_encodes_the_history_memory_mid_epoch(tiny_data)
     assert len(seen) == 5
     same = [seen[i] is seen[i + 1] for i in range(4)]
     assert same == [True, False, True, False]  # steps 1-2 share one memory, 3-4 the next, 5 a third
+
+
+def test_dot_similarity_trains_saves_and_scores_the_same_everywhere(tiny_data, tmp_path: Path) -> None:
+    """similarity=dot: vectors keep their length (not unit), and the saved model, the table-only scorer and the
+    bulk scores agree."""
+    cfg, catalogue, sets = tiny_data
+    cfg = cfg.model_copy(deep=True)
+    cfg.textmodel.similarity = "dot"
+    cfg, backbone, model, encoder, _, result = trained(cfg, catalogue, sets, "side")
+    assert np.isfinite(result.best_val_metric)
+    memory = encoder.encode_all()
+    norms = memory.norm(dim=-1)
+    assert float((norms - 1).abs().max()) > 1e-3  # not normalised
+    scores = score_rows(model, memory, sets["test"])
+    folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
+    loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
+    reloaded = torch.from_numpy(loaded.table["vector"].to_numpy().copy())
+    np.testing.assert_array_equal(score_rows(loaded.model, reloaded, sets["test"]), scores)
+    table_only = TextScorer.table_only(folder, torch.device("cpu"))
+    test = sets["test"]
+    rows = scored_frame(test, scores).filter(pl.col("impression_id") == test.impression_ids[0])
+    history = [catalogue.item_ids[i] for i in test.history[0] if i >= 0]
+    np.testing.assert_allclose(table_only.scores(history, rows["item_id"].to_list()), rows["score"].to_numpy())
