@@ -117,7 +117,7 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
     catalogue, sets = text_inputs(cfg, ItemText.from_config(tm, backbone.tokenizer))
     fit, selection = selection_split(sets["train"], tm.train.selection_fraction)  # as the pipeline selects
     model, encoder = build_text_model(tm, backbone, catalogue, torch.device("cpu"))
-    key = (tm.max_tokens, tm.trainable_top_layers, tuple(catalogue.texts[:3]))
+    key = (tm.max_tokens, tm.trainable_top_layers, tm.peft.method == "side", tuple(catalogue.texts[:3]))
     if key in cache:
         encoder.cache = cache[key]
     else:
@@ -160,7 +160,7 @@ def run_variant(cfg: Config, cache: dict, probes: dict, progress: bool) -> tuple
         best_by_phase=result.best_by_phase,
         best_val_selection=result.best_val_metric,
         epochs=[
-            {k: e.__dict__[k] for k in ("phase", "val_metric", "val_text", "train_loss", "seconds")}
+            {k: e.__dict__[k] for k in ("phase", "val_metric", "val_text", "train_loss", "held_in_loss", "seconds")}
             for e in result.epochs
         ],
         fine_tune_steps=trainer._fine_steps,

@@ -10,12 +10,18 @@ the resumed run takes the same batches as one that never stopped.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from textmodel.results import TrainResult
+
+if TYPE_CHECKING:
+    from textmodel.train import ClickTrainer
 
 STATE_FILE = "trainer_state.pt"
 
@@ -52,3 +58,39 @@ def load_state(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trainer state in this checkpoint")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def capture(trainer: ClickTrainer, cursor: Cursor, optimizer, scheduler, result: TrainResult) -> dict[str, Any]:
+    """Everything a run needs to continue from ``cursor``: the state a checkpointer persists."""
+    device = trainer.device
+    return {
+        "cursor": cursor.to_json(),
+        "weights": trainer.trainable_state(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best_state": trainer._best_state,
+        "probe_state": trainer.probe_state,
+        "result": result.to_json(),
+        "fine_steps": trainer._fine_steps,
+        "fine_seconds": trainer._fine_seconds,
+        "memory": trainer._memory.detach().cpu(),
+        "torch_rng": torch.get_rng_state(),  # dropout masks: the resumed run draws the same ones
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_run(trainer: ClickTrainer, state: dict[str, Any], result: TrainResult, optimizer, scheduler) -> Cursor:
+    """Put the state :func:`capture` took back into ``trainer``, ``result``, ``optimizer`` and ``scheduler`` (the
+    optimiser state copied: stepping would otherwise change the checkpoint's own moment tensors in place)."""
+    trainer.restore(state["weights"])
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    trainer._best_state = state["best_state"]
+    trainer.probe_state = state.get("probe_state")
+    result.__dict__.update(TrainResult.from_json(state["result"]).__dict__)
+    trainer._fine_steps, trainer._fine_seconds = state["fine_steps"], state["fine_seconds"]
+    trainer._memory = state["memory"].to(trainer.device)
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
+    return Cursor(**state["cursor"])

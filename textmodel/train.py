@@ -1,52 +1,62 @@
-"""Click-label training of the text model. The trainer owns the loss; the model has none.
+"""Click-label training of the text model: the phases of a run and the state they share.
 
-Per step: the step's unique candidate and (newest ``live_history``) history items run through the trainable
-part of the item tower together, in one graph; older history items are read from a memory of item vectors
-re-encoded without gradients (every ``memory_refresh_steps`` and at epoch ends); the user tower pools the
-history, and the loss is sampled softmax (clicked vs unclicked of the same impression, as NRMS) or pointwise
-BCE. The training loss is also logged on a fixed draw of train impressions at each epoch's end
-(``held_in_loss``), with that epoch's weights: the curve that shows whether the optimisation works.
-Validation AUC is computed after each epoch by a metric function handed in by the caller (the metrics live in
-``ranker``; this package does not import it), with early stopping on it. What the trainer calls ``val`` is
-whatever the caller selects on: the pipeline passes the text model's own selection impressions (the latest
-train impressions), never the ranker's validation split.
+A run is a probe (the head over the cached pooled states of the untouched backbone: linear probing), then
+fine-tuning (the item tower's trainable part, with the towers fixed or at their own rate), each a
+:class:`Phase` of epochs with early stopping on the caller's selection impressions (the pipeline passes the
+text model's own: the latest train impressions, never the ranker's validation split). Each part has its own
+module: the loss and the validation metric in ``textmodel.objective``, the cross-fitted heads in
+``textmodel.crossfit``, the checkpoint format in ``textmodel.resume``, the records a run returns in
+``textmodel.results``, a data-parallel worker's gradient exchange in ``textmodel.parallel``. The trainer holds
+what the phases share: the epoch sampler, the history memory (item vectors the user tower reads where a step
+does not encode them live), the best state so far, the probe's state, and the fine-tuning step counters.
 
-One class on purpose (~480 lines): the probe, the fine-tuning, the cross-fitted heads and a resumed run all
-share the epoch sampler, the history memory, the best state and the step counters; the records it returns
-are in ``textmodel.results``, the checkpoint format in ``textmodel.resume``, the gradient exchange of a
-data-parallel worker in ``textmodel.parallel``.
+The training loss is also logged at each epoch's end on a fixed draw of train impressions with that epoch's
+weights (``held_in_loss``): the curve that shows whether the optimisation works.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conf import TrainConfig
 from conf.progress import progress as show_progress
 from conf.progress import say
-from textmodel.adversarial import adversarial_loss
 from textmodel.continual import WarmStartError
-from textmodel.data import Batch, ImpressionSet, TextDataError, batches, cross_fit_plan, sample_examples
-from textmodel.encoder import BucketStates, ItemEncoder
+from textmodel.crossfit import CrossFitter
+from textmodel.data import Batch, ImpressionSet, batches, sample_examples
+from textmodel.encoder import ItemEncoder
+from textmodel.objective import ClickObjective, ValMetric
 from textmodel.parallel import DataParallel
 from textmodel.peft_methods import step_hook
 from textmodel.results import EpochLog, TrainResult
-from textmodel.resume import Cursor
-from textmodel.scoring import score_rows, scored_frame
+from textmodel.resume import Cursor, capture, restore_run
 from textmodel.towers import TextModel
 
-ValMetric = Callable[[pl.DataFrame], float]  # frame of impression_id, clicked, score -> a number (higher is better)
 Checkpointer = Callable[[dict], None]  # receives a resumable trainer state (textmodel.resume) to persist
+
+__all__ = ["Checkpointer", "ClickTrainer", "Phase", "ValMetric"]
+
+
+@dataclass
+class Phase:
+    """One phase of a run: ``epochs`` epochs (of at most ``max_steps`` steps) optimising ``groups`` (AdamW
+    parameter groups, each with its rate). ``pooled`` (N, H) set: a head-only phase (item vectors = head over
+    these cached pooled states). ``fresh_best``: the phase's best epoch replaces the run's best even when it
+    validates lower (fine-tuning, whose result the export decision weighs against the probe's)."""
+
+    name: str
+    epochs: int
+    groups: list[dict]
+    pooled: torch.Tensor | None = None
+    max_steps: int | None = None
+    fresh_best: bool = False
 
 
 class ClickTrainer:
@@ -65,14 +75,11 @@ class ClickTrainer:
         """``parallel``: this worker's data-parallel group (None: one process). ``checkpointer``: called with a
         resumable state at each epoch's end and every ``distributed.checkpoint_every_steps`` steps of :meth:`fit`
         (Ray Train persists it; :meth:`fit` with ``resume=`` that state continues the run)."""
-        self.model, self.encoder, self.cfg, self.device, self.val_metric = model, encoder, cfg, device, val_metric
+        self.model, self.encoder, self.cfg, self.device = model, encoder, cfg, device
         self.parallel, self.checkpointer = parallel, checkpointer
+        self.objective = ClickObjective(model, encoder, cfg, device, val_metric)
         self._resume: dict | None = None  # a checkpoint fit() was asked to continue, until its phase takes it
         self._in_fit = False  # checkpoints are of fit()'s phases only (not of cross-fitted heads)
-        self.bias = nn.Parameter(torch.zeros((), device=device))  # BCE only: calibrates the score offset
-        # Weight of the behavioural logit added in the loss (batches with offsets only: see ``offset_feature``).
-        self.offset_weight = nn.Parameter(torch.ones((), device=device))
-        self.autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cuda")
         # Training state shared by the phases: the epoch sampler, the history memory (item vectors the user
         # tower reads), the best state so far, and the fine-tuning step counters.
         self._rng: np.random.Generator | None = None
@@ -83,97 +90,45 @@ class ClickTrainer:
         # Every trainable weight as the probe left it (the head over the untouched backbone): the reference the
         # adapted model must beat to be exported, and the frozen baseline every run reports (None: no probe ran).
         self.probe_state: dict[str, torch.Tensor] | None = None
-        self._held_in_of: tuple[ImpressionSet, ImpressionSet] | None = None  # (train set, its held-in draw)
+
+    # The objective's scalars and measures, under the names callers use.
+    @property
+    def val_metric(self) -> ValMetric:
+        return self.objective.val_metric
+
+    @val_metric.setter
+    def val_metric(self, metric: ValMetric) -> None:
+        self.objective.val_metric = metric
+
+    @property
+    def bias(self) -> nn.Parameter:
+        return self.objective.bias
+
+    @property
+    def offset_weight(self) -> nn.Parameter:
+        return self.objective.offset_weight
 
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """The training loss of one batch (clean + adversarial when configured); ``pooled`` (N, H) given: item
-        vectors come from the cached pooled states through the head (head-only phases).
-
-        The step's candidates and its live history items (:meth:`_live`) are encoded together, each unique item
-        once, in one graph: the loss depends on the trainable weights through the user vectors as well as the
-        candidates, as the score does at validation and serving. Other history items come from ``memory``."""
-        live = self._live(batch.history, pooled is not None)
-        n_candidates = batch.candidates.numel()
-        ids = torch.cat([batch.candidates.reshape(-1), batch.history[live]])
-        unique, inverse = torch.unique(ids, return_inverse=True)  # each item encoded once per step
-        if pooled is not None:
-            head_input = pooled[unique.to(pooled.device)]  # (U, H)
-            parts = [BucketStates(torch.arange(len(unique)), head_input, torch.ones(len(unique), 1))]
-        else:
-            parts = self.encoder.gather(unique)  # lower-layer states per length bucket
-        rows, cols = live.nonzero(as_tuple=True)
-
-        def loss_of(inputs: list[BucketStates]) -> torch.Tensor:
-            fn = (lambda states, _mask: self.model.items.head(states)) if pooled is not None else None
-            vectors = self.encoder.encode_parts(inputs, fn)  # (U, dim)
-            items = vectors[inverse[:n_candidates]].view(*batch.candidates.shape, -1)
-            history = memory[batch.history.clamp(min=0)]  # (B, cap, dim), no gradient
-            if len(rows):
-                history = history.index_put(
-                    (rows.to(history.device), cols.to(history.device)), vectors[inverse[n_candidates:]]
-                )
-            return self._loss_of_items(batch, history, items)
-
-        adv = self.cfg.adversarial
-        if adv.method == "none":
-            return loss_of(parts)
-        leaves = [p.states.detach().requires_grad_(True) for p in parts]
-        parts = [BucketStates(p.positions, x, p.mask) for p, x in zip(parts, leaves, strict=True)]
-        clean = loss_of(parts)
-        return clean + adversarial_loss(loss_of, parts, clean, leaves, adv.method, adv.epsilon, adv.steps)
-
-    def _live(self, history: torch.Tensor, head_only: bool) -> torch.Tensor:
-        """(B, cap) bool: the history positions encoded in the step's graph: the newest ``live_history`` real
-        items (histories are right-aligned, newest last), every one in head-only phases (a projection each)."""
-        real = history >= 0
-        k = None if head_only else self.cfg.live_history
-        if k is None:
-            return real
-        cap = history.shape[1]
-        return real & (torch.arange(cap, device=history.device) >= cap - k)[None, :]
-
-    def _loss_of_items(self, batch: Batch, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Sampled softmax or BCE of the batch given its history items' vectors ``history`` (B, cap, dim) and its
-        candidates' ``items`` (B, C, dim)."""
-        users = self.model.users(history, batch.history >= 0)  # (B, dim)
-        scores = self.model.score(users, items)  # (B, C)
-        if batch.offsets is not None:
-            scores = scores + self.offset_weight * batch.offsets
-        if self.cfg.objective == "softmax":
-            return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
-        return F.binary_cross_entropy_with_logits(scores + self.bias, batch.labels)
-
-    def _context(self) -> contextlib.AbstractContextManager:
-        if self.autocast:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The training loss of one batch (:meth:`ClickObjective.loss`)."""
+        return self.objective.loss(batch, memory, pooled)
 
     def evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> float:
-        """The validation metric of what the loss trains: the text score, plus the weighted offset if any."""
-        return self._evaluate(data, memory)[0]
+        return self.objective.evaluate(data, memory)
 
-    @torch.no_grad()
     def validation_loss(self, data: ImpressionSet, memory: torch.Tensor, chunk: int = 4096) -> float | None:
-        """The training loss on ``data``'s examples, drawn with a fixed seed, candidates scored from ``memory``."""
-        try:
-            rng = np.random.default_rng(self.cfg.seed)
-            examples = sample_examples(data, self.cfg.objective, self.cfg.negatives, rng)
-        except TextDataError:  # no impression with both labels: no loss to report (the AUC still validates)
-            return None
-        total = 0.0
-        for batch in batches(data, examples, chunk, np.random.default_rng(0), None):
-            batch = batch.to(self.device)
-            history, items = memory[batch.history.clamp(min=0)], memory[batch.candidates]
-            total += float(self._loss_of_items(batch, history, items)) * len(batch.candidates)
-        return total / len(examples)
+        return self.objective.validation_loss(data, memory, chunk)
 
-    def _evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> tuple[float, float | None]:
-        """(metric of the trained score, metric of the text part alone when an offset is added, else None)."""
-        scores = score_rows(self.model, memory, data)
-        if data.row_offset is None:
-            return self.val_metric(scored_frame(data, scores)), None
-        mixed = scores + float(self.offset_weight.detach()) * data.row_offset
-        return self.val_metric(scored_frame(data, mixed)), self.val_metric(scored_frame(data, scores))
+    def out_of_fold_scores(
+        self,
+        train: ImpressionSet,
+        val: ImpressionSet,
+        folds: int,
+        init_towers: dict[str, torch.Tensor],
+        scheme: str = "time",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Cross-fitted interest scores of ``train``'s rows (:meth:`textmodel.crossfit.CrossFitter.scores`)."""
+        return CrossFitter(self).scores(train, val, folds, init_towers, scheme, progress)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""
@@ -185,7 +140,7 @@ class ClickTrainer:
         return [*self.model.tower_parameters(), self.bias, self.offset_weight]
 
     def _own(self) -> dict[str, nn.Parameter]:
-        return {"bias": self.bias, "offset_weight": self.offset_weight}
+        return self.objective.own
 
     def own_state(self) -> dict[str, float]:
         """The trainer's own trained scalars, saved with the model so a warm start can resume them too."""
@@ -223,118 +178,111 @@ class ClickTrainer:
 
     def _phase(
         self,
-        name: str,
-        epochs: int,
+        phase: Phase,
         train: ImpressionSet,
         val: ImpressionSet,
-        groups: list[dict],
-        pooled: torch.Tensor | None,
-        max_steps: int | None,
         rng: np.random.Generator,
         result: TrainResult,
         progress: bool,
-        fresh_best: bool = False,
     ) -> None:
-        """Run up to ``epochs`` epochs with early stopping; keeps ``result``'s best state up to date.
-
-        ``pooled`` set: a probe phase (item vectors = head(pooled), only the towers learn). ``fresh_best``: the
-        phase's best epoch replaces the earlier best even when it validates lower (fine-tuning, when configured,
-        is what gets exported: a model whose adapters are thrown away is not a fine-tuned model).
-        """
+        """Run ``phase``'s epochs with early stopping on ``val``; keeps ``result``'s best state up to date and
+        leaves the best state so far loaded (the next phase, or the caller, starts from it)."""
         cfg = self.cfg
-        groups = [g for g in groups if g["params"]]
-        if epochs == 0 or not groups:
+        groups = [g for g in phase.groups if g["params"]]
+        if phase.epochs == 0 or not groups:
             return
         n_examples = len(sample_examples(train, cfg.objective, cfg.negatives, np.random.default_rng(cfg.seed)))
         steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
-        if max_steps is not None:
-            steps_per_epoch = min(steps_per_epoch, max_steps)
-        total = steps_per_epoch * epochs
+        if phase.max_steps is not None:
+            steps_per_epoch = min(steps_per_epoch, phase.max_steps)
+        total = steps_per_epoch * phase.epochs
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * max(0.0, 1 - s / max(total, 1))
         )
         params = [p for g in groups for p in g["params"]]
-        stale = 0
-        phase_best = float("-inf") if fresh_best else result.best_val_metric
-        first_epoch, skip, resumed_losses = 0, 0, []
-        cursor = self._take_resume(name, result, optimizer, scheduler)
-        if cursor is not None:  # continue a checkpointed run: same sampler state, same step, same counters
-            rng.bit_generator.state = cursor.rng_state
-            first_epoch, skip, resumed_losses = cursor.epoch_in_phase, cursor.step_in_epoch, cursor.losses
-            stale, phase_best = cursor.stale, cursor.phase_best
-        for epoch_in_phase in range(first_epoch, epochs):
-            epoch = len(result.epochs)
-            start, losses = time.perf_counter(), list(resumed_losses)
-            resumed_losses = []
-            epoch_rng = rng.bit_generator.state
+        at = Cursor(phase.name, 0, 0, {}, [], 0, float("-inf") if phase.fresh_best else result.best_val_metric)
+        if self._resume is not None and self._resume["cursor"]["phase"] == phase.name:
+            # Continue a checkpointed run: same sampler state, same step, same counters.
+            at = restore_run(self, self._resume, result, optimizer, scheduler)
+            self._resume = None
+            rng.bit_generator.state = at.rng_state
+        # Head-only phases over cached vectors (probe, cross-fitted heads) follow probe_patience: by default they
+        # run their whole schedule, whose rate anneals to zero (cheap, and their curve only plateaus).
+        patience = cfg.probe_patience if phase.pooled is not None else cfg.patience
+        for epoch_in_phase in range(at.epoch_in_phase, phase.epochs):
+            start, epoch_rng, losses = time.perf_counter(), rng.bit_generator.state, list(at.losses)
             self.model.train()
             examples = sample_examples(train, cfg.objective, cfg.negatives, rng)
-            steps = batches(train, examples, cfg.batch_size, rng, max_steps)
-            bar = show_progress(steps, f"{name} epoch {epoch}", steps_per_epoch, progress)
+            steps = batches(train, examples, cfg.batch_size, rng, phase.max_steps)
+            bar = show_progress(steps, f"{phase.name} epoch {len(result.epochs)}", steps_per_epoch, progress)
             for i, batch in enumerate(bar):
-                if i < skip:
+                if i < at.step_in_epoch:
                     continue  # taken before the checkpoint this run resumed from
-                t0 = time.perf_counter()
-                loss = self._step(batch, pooled, params, optimizer, scheduler)
-                result.record_step(loss)
-                if pooled is None:
-                    self._fine_steps += 1
-                    step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget (reads grads)
-                    self._fine_seconds += time.perf_counter() - t0
-                optimizer.zero_grad(set_to_none=True)
-                if pooled is None:
-                    self._maybe_refresh_memory()
-                losses.append(loss)
+                losses.append(self._train_step(batch, phase.pooled, params, optimizer, scheduler, result))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 every = cfg.distributed.checkpoint_every_steps
                 if every is not None and result.steps % every == 0:
-                    at = Cursor(name, epoch_in_phase, i + 1, epoch_rng, losses, stale, phase_best)
-                    self._checkpoint(at, optimizer, scheduler, result)
-            skip = 0
-            self.model.eval()
-            self._memory = self._vectors(pooled, progress)
-            metric, text_metric = self._evaluate(val, self._memory)
-            seconds = time.perf_counter() - start
-            log = EpochLog(epoch, float(np.mean(losses)), metric, seconds, len(losses), name, text_metric, result.steps)
-            log.val_loss = self.validation_loss(val, self._memory)
-            log.held_in_loss = self.validation_loss(self._held_in(train), self._memory)
-            result.epochs.append(log)
-            held = "" if log.held_in_loss is None else f" (held-in {log.held_in_loss:.4f})"
-            say(
-                f"{name} epoch {epoch}: loss {log.train_loss:.4f}{held}, val {metric:.4f}, {log.seconds:.0f}s", progress
-            )
-            result.best_by_phase[name] = max(result.best_by_phase.get(name, float("-inf")), metric)
-            if metric > phase_best:
-                phase_best, stale = metric, 0
-                result.best_val_metric, result.best_epoch, result.best_phase = metric, epoch, name
-                self._best_state = self.trainable_state()
-            else:
-                stale += 1
-            # Head-only phases over cached vectors (probe, cross-fitted heads) follow probe_patience: by default
-            # they run their whole schedule, whose rate anneals to zero (cheap, and their curve only plateaus).
-            patience = cfg.probe_patience if pooled is not None else cfg.patience
-            stop = patience is not None and stale > patience
-            done = epochs if stop else epoch_in_phase + 1  # a resumed run must not train past an early stop
-            at = Cursor(name, done, 0, rng.bit_generator.state, [], stale, phase_best)
-            self._checkpoint(at, optimizer, scheduler, result)
+                    mid = Cursor(phase.name, epoch_in_phase, i + 1, epoch_rng, losses, at.stale, at.phase_best)
+                    self._checkpoint(mid, optimizer, scheduler, result)
+            at.step_in_epoch, at.losses = 0, []
+            improved = self._end_epoch(phase, train, val, losses, time.perf_counter() - start, result, at, progress)
+            at.stale = 0 if improved else at.stale + 1
+            stop = patience is not None and at.stale > patience
+            done = phase.epochs if stop else epoch_in_phase + 1  # a resumed run must not train past an early stop
+            end = Cursor(phase.name, done, 0, rng.bit_generator.state, [], at.stale, at.phase_best)
+            self._checkpoint(end, optimizer, scheduler, result)
             if stop:
                 break
-        # The next phase (or the caller) starts from the best state so far.
         self.restore(self._best_state)
-        self._memory = self._vectors(pooled, progress)
+        self._memory = self._vectors(phase.pooled, progress)
 
-    def _held_in(self, train: ImpressionSet) -> ImpressionSet:
-        """A fixed draw of ``held_in_impressions`` of ``train``'s impressions (the same for every epoch)."""
-        if self._held_in_of is None or self._held_in_of[0] is not train:
-            m = len(train.impression_ids)
-            keep = np.zeros(m, dtype=bool)
-            pick = np.random.default_rng(self.cfg.seed + 7).choice(
-                m, min(m, self.cfg.held_in_impressions), replace=False
-            )
-            keep[pick] = True
-            self._held_in_of = (train, train.subset(keep))
-        return self._held_in_of[1]
+    def _train_step(self, batch: Batch, pooled, params, optimizer, scheduler, result: TrainResult) -> float:
+        """One optimiser step with its bookkeeping (step counters, AdaLoRA's budget, the memory's refresh)."""
+        t0 = time.perf_counter()
+        loss = self._step(batch, pooled, params, optimizer, scheduler)
+        result.record_step(loss)
+        if pooled is None:
+            self._fine_steps += 1
+            step_hook(self.model.items.backbone.upper_model, self._fine_steps)  # AdaLoRA's budget (reads grads)
+            self._fine_seconds += time.perf_counter() - t0
+        optimizer.zero_grad(set_to_none=True)
+        if pooled is None:
+            self._maybe_refresh_memory()
+        return loss
+
+    def _end_epoch(
+        self,
+        phase: Phase,
+        train: ImpressionSet,
+        val: ImpressionSet,
+        losses: list[float],
+        seconds: float,
+        result: TrainResult,
+        at: Cursor,
+        progress: bool,
+    ) -> bool:
+        """Re-encode the memory, validate, log the epoch, and keep the best state; True when it improved on
+        ``at.phase_best`` (which it then raises)."""
+        epoch = len(result.epochs)
+        self.model.eval()
+        self._memory = self._vectors(phase.pooled, progress)
+        metric, text_metric = self.objective.evaluate_both(val, self._memory)
+        log = EpochLog(
+            epoch, float(np.mean(losses)), metric, seconds, len(losses), phase.name, text_metric, result.steps
+        )
+        log.val_loss = self.validation_loss(val, self._memory)
+        log.held_in_loss = self.validation_loss(self.objective.held_in(train), self._memory)
+        result.epochs.append(log)
+        held = "" if log.held_in_loss is None else f" (held-in {log.held_in_loss:.4f})"
+        say(f"{phase.name} epoch {epoch}: loss {log.train_loss:.4f}{held}, val {metric:.4f}, {seconds:.0f}s", progress)
+        result.best_by_phase[phase.name] = max(result.best_by_phase.get(phase.name, float("-inf")), metric)
+        if metric <= at.phase_best:
+            return False
+        at.phase_best = metric
+        result.best_val_metric, result.best_epoch, result.best_phase = metric, epoch, phase.name
+        self._best_state = self.trainable_state()
+        return True
 
     def _step(self, batch: Batch, pooled, params, optimizer, scheduler) -> float:
         """One optimiser step on ``batch``; returns its loss. Data-parallel: this worker's slice of the global
@@ -344,7 +292,7 @@ class ClickTrainer:
             batch, weight = self.parallel.share(batch)
         value = 0.0
         if len(batch.candidates):
-            with self._context():
+            with self.objective.context():
                 loss = self.loss(batch.to(self.device), self._memory, pooled)
             if weight != 1.0:
                 loss = loss * weight
@@ -359,98 +307,8 @@ class ClickTrainer:
 
     def _checkpoint(self, cursor: Cursor, optimizer, scheduler, result: TrainResult) -> None:
         """Hand a resumable state to the checkpointer (fit() only; nothing without one)."""
-        if self.checkpointer is None or not self._in_fit:
-            return
-        self.checkpointer(
-            {
-                "cursor": cursor.to_json(),
-                "weights": self.trainable_state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best_state": self._best_state,
-                "probe_state": self.probe_state,
-                "result": result.to_json(),
-                "fine_steps": self._fine_steps,
-                "fine_seconds": self._fine_seconds,
-                "memory": self._memory.detach().cpu(),
-                "torch_rng": torch.get_rng_state(),  # dropout masks: the resumed run draws the same ones
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            }
-        )
-
-    def _take_resume(self, name: str, result: TrainResult, optimizer, scheduler) -> Cursor | None:
-        """Restore the checkpoint ``fit(resume=...)`` was given when it was taken in phase ``name`` (copied: the
-        optimiser would otherwise step the checkpoint's own moment tensors in place)."""
-        state = self._resume
-        if state is None or state["cursor"]["phase"] != name:
-            return None
-        self._resume = None
-        self.restore(state["weights"])
-        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
-        self._best_state = state["best_state"]
-        self.probe_state = state.get("probe_state")
-        result.__dict__.update(TrainResult.from_json(state["result"]).__dict__)
-        self._fine_steps, self._fine_seconds = state["fine_steps"], state["fine_seconds"]
-        self._memory = state["memory"].to(self.device)
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        return Cursor(**state["cursor"])
-
-    def out_of_fold_scores(
-        self,
-        train: ImpressionSet,
-        val: ImpressionSet,
-        folds: int,
-        init_towers: dict[str, torch.Tensor],
-        scheme: str = "time",
-        progress: bool = False,
-    ) -> np.ndarray:
-        """Interest scores of ``train``'s rows from heads that never saw them (NaN where no head may score).
-
-        For each pair of :func:`cross_fit_plan`, the towers are re-initialised and probe-trained (over the final
-        adapters' pooled vectors, early-stopped on ``val``: the pipeline's selection impressions) on the ``fit_on``
-        impressions, then score the ``score`` ones. A ranker fitted on train rows needs this: in-sample scores
-        look better than the scores it will get at serving time, and it would learn to trust them too much.
-        Random folds are not enough on a time-split dataset: a head that saw an item's later clicks scores that
-        item's earlier rows with knowledge the point-in-time behavioural features do not have, so ``time`` (the
-        default) lets each block be scored only by heads fitted on earlier blocks. (The adapters still saw
-        every train row; they move the pooled vectors little next to what the head memorises.)
-        """
-        final = self.trainable_state()
-        pooled = self.encoder.pooled_all()
-        scores = np.full(train.num_rows, np.nan, dtype=np.float64)
-        plan = cross_fit_plan(train, folds, scheme, self.cfg.seed + 1)
-        for k, (fit_on, held) in enumerate(plan):
-            say(f"cross-fitted head {k + 1}/{len(plan)}: fit on {int(fit_on.sum())} impressions", progress)
-            self._fit_head(
-                train.subset(fit_on), val, pooled, init_towers, np.random.default_rng(self.cfg.seed + 100 + k), progress
-            )
-            scores[held[train.row_impression]] = score_rows(self.model, self._memory, train.subset(held))
-        self.restore(final)
-        return scores
-
-    def _fit_head(
-        self,
-        train: ImpressionSet,
-        val: ImpressionSet,
-        pooled: torch.Tensor,
-        init_towers: dict[str, torch.Tensor],
-        rng: np.random.Generator,
-        progress: bool = False,
-    ) -> TrainResult:
-        """Towers (and the trainer's bias and offset weight) from their initial values, probe-trained on ``train``
-        over ``pooled`` and early-stopped on ``val``; the best state is left loaded."""
-        initial = {"trainer.bias": torch.zeros_like(self.bias), "trainer.offset_weight": torch.ones_like(self.bias)}
-        towers = {"params": self._head_params(), "lr": self.cfg.head_lr}
-        self.restore({**init_towers, **initial})
-        self._best_state = self.trainable_state()
-        self._memory = self._vectors(pooled, False)
-        fitted = TrainResult(best_val_metric=self.evaluate(val, self._memory))
-        epochs = self.cfg.probe_epochs  # a head fit is a probe: the fine-tuning phase's epochs are adapter steps
-        self._phase("head", epochs, train, val, [towers], pooled, None, rng, fitted, progress)
-        return fitted
+        if self.checkpointer is not None and self._in_fit:
+            self.checkpointer(capture(self, cursor, optimizer, scheduler, result))
 
     def _maybe_refresh_memory(self) -> None:
         """Re-encode the history memory every ``memory_refresh_steps`` fine-tuning steps (eval mode: no dropout)."""
@@ -513,13 +371,13 @@ class ClickTrainer:
         if not self.warm:  # warm-started: the parent's standardisation, which its towers were trained with
             self.model.items.fit_standardisation(pooled)
         self._memory = self._vectors(pooled, progress)
-        init_metric, init_text = self._evaluate(val, self._memory)
+        init_metric, init_text = self.objective.evaluate_both(val, self._memory)
         result = TrainResult(best_val_metric=init_metric, best_by_phase={"init": init_metric})
         start = EpochLog(0, float("nan"), init_metric, 0.0, 0, "init", init_text)
-        start.held_in_loss = self.validation_loss(self._held_in(train), self._memory)
+        start.held_in_loss = self.validation_loss(self.objective.held_in(train), self._memory)
         result.epochs.append(start)
         self._best_state, self._fine_steps, self._fine_seconds = self.trainable_state(), 0, 0.0
-        self._phase("probe", epochs, train, val, [towers], pooled, None, self._rng, result, progress)
+        self._phase(Phase("probe", epochs, [towers], pooled), train, val, self._rng, result, progress)
         if not self.warm:  # a warm-started probe starts from a parent's (adapted) weights: not a frozen baseline
             self.probe_state = self.trainable_state()
         return result
@@ -533,8 +391,8 @@ class ClickTrainer:
         rng = self._rng if self._rng is not None else np.random.default_rng(cfg.seed)
         if self._best_state is None:
             self._best_state = self.trainable_state()
-        # The probe annealed the towers' rate to zero; restarting them at lr undoes it (README), so by default
-        # (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
+        # The probe annealed the towers' rate to zero; restarting them at lr undoes it (docs/fine-tuning.md), so
+        # by default (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
         head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
         towers = {"params": self._head_params() if head_lr > 0 else [], "lr": head_lr}
         if self._memory is None:  # the probe leaves head(pooled), which is encode_all() while adapters are unchanged
@@ -542,13 +400,11 @@ class ClickTrainer:
         if self.frozen:
             if towers["params"]:
                 pooled = self.encoder.pooled_all(progress=progress)
-                steps = cfg.max_steps_per_epoch
-                self._phase("head", cfg.epochs, train, val, [towers], pooled, steps, rng, result, progress)
+                phase = Phase("head", cfg.epochs, [towers], pooled, cfg.max_steps_per_epoch)
+                self._phase(phase, train, val, rng, result, progress)
         else:
             adapters = {"params": self.model.adapter_parameters(), "lr": cfg.lr}
-            steps = cfg.max_steps_per_epoch
-            self._phase(
-                "fine-tune", cfg.epochs, train, val, [adapters, towers], None, steps, rng, result, progress, True
-            )
+            phase = Phase("fine-tune", cfg.epochs, [adapters, towers], None, cfg.max_steps_per_epoch, fresh_best=True)
+            self._phase(phase, train, val, rng, result, progress)
         result.seconds_per_step = self._fine_seconds / max(self._fine_steps, 1)
         return result

@@ -163,7 +163,7 @@ def test_an_adapted_model_worse_than_its_probe_is_not_exported(source, tmp_path,
     meta = json.loads((tmp_path / "d" / "textmodel" / "textmodel.json").read_text())
     guard = meta["export"]["guard"]
     assert guard["candidate"] == "adapted" and guard["reference"] == "probe" and guard["on"] == "selection"
-    assert guard["candidate_value"] < guard["reference_value"] - 0.1  # the precondition: adapted is worse
+    assert guard["candidate_value"] < guard["reference_value"] - 0.05  # the precondition: adapted is worse
     assert guard["reference_value"] > 0.8  # the probe learned the text signal
     assert meta["export"]["exported"] == "probe" and not guard["accepted"]
     # both candidates are on record on every split; the guard's figures are theirs on the selection impressions

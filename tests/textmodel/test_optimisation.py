@@ -102,8 +102,8 @@ def test_live_history_k_encodes_the_newest_k_history_items(tiny_data) -> None:
     _, _, _, trainer = build(cfg, catalogue, "lora", live_history=2)
     history = torch.tensor([[-1, -1, 5, 6, 7], [-1, -1, -1, -1, 4], [1, 2, 3, 4, 5]])
     expected = [[False, False, False, True, True], [False, False, False, False, True], [False] * 3 + [True] * 2]
-    assert trainer._live(history, head_only=False).tolist() == expected
-    assert trainer._live(history, head_only=True).tolist() == (history >= 0).tolist()  # head-only: every item
+    assert trainer.objective.live(history, head_only=False).tolist() == expected
+    assert trainer.objective.live(history, head_only=True).tolist() == (history >= 0).tolist()  # head-only: every item
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -160,7 +160,7 @@ def test_every_epoch_logs_its_held_in_loss(tiny_data) -> None:
     _, model, encoder, trainer = build(cfg, catalogue, "side", epochs=1, held_in_impressions=50)
     result = trainer.fit(sets["train"], sets["val"], progress=False)
     assert all(e.held_in_loss is not None and np.isfinite(e.held_in_loss) for e in result.epochs)
-    held = trainer._held_in(sets["train"])
+    held = trainer.objective.held_in(sets["train"])
     assert len(held.impression_ids) == 50
     last = result.epochs[-1]
     if result.best_epoch == last.epoch:
