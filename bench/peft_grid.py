@@ -1,7 +1,8 @@
 """Does fine-tuning pay? PEFT methods against the frozen-backbone head at the same optimiser-step budget.
 
     python bench/peft_grid.py --data data/cold20 --part timing [--tokens 32,64,128]
-    python bench/peft_grid.py --data data/cold20 --part grid --variants frozen,lora,ia3 --seeds 0 [--set k=v ...]
+    python bench/peft_grid.py --data data/cold20 --part grid --variants frozen lora ia3 \\
+        side:trainable_top_layers=8,train.negatives=19 --seeds 0 [--set k=v ...]
 
 timing: for each token budget, the lower-layer cache (items/s, seconds, memory) and the training step of the
     adapted top layers (seconds/step), against a plain forward of the same backbone over the same texts.
@@ -204,7 +205,9 @@ def main() -> int:
     parser.add_argument("--part", choices=["timing", "grid"], default="grid")
     parser.add_argument("--tokens", default="32,64,128")
     parser.add_argument("--timing-steps", type=int, default=5)
-    parser.add_argument("--variants", default="frozen,lora")
+    parser.add_argument(
+        "--variants", nargs="+", default=["frozen", "lora"], help="NAME or NAME:k=v,k=v (space-separated)"
+    )
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every variant")
     parser.add_argument("--tag", default="", help="suffix of the result rows and score files")
@@ -222,7 +225,7 @@ def main() -> int:
     cache: dict = {}
     probes: dict = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for spec in args.variants.split(","):
+        for spec in args.variants:
             name, overrides = parse_variant(spec)
             cfg = variant_config(base, args, overrides, seed)
             print(f"== {name} seed {seed}: {' '.join(overrides)}", flush=True)

@@ -246,3 +246,30 @@ def _overrides(cfg) -> list[str]:
         f"data.dir={cfg.data.dir}",
         f"textmodel.cache_dir={cfg.textmodel.cache_dir}",
     ]
+
+
+def test_a_side_network_parent_warm_starts_a_side_network_and_not_lora(tiny_data, tmp_path: Path) -> None:
+    """The side network is saved, loaded and warm-started like the adapters: every weight bit for bit, and a
+    configured model of another method is refused, naming the field."""
+    cfg, catalogue, sets = tiny_data
+    cfg = quick(cfg)
+    cfg.textmodel.peft.method = "side"
+    backbone, model, encoder, trainer = build(cfg, catalogue)
+    trainer.fit(sets["train"], sets["val"], progress=False)
+    memory = encoder.encode_all()
+    table = embedding_table(catalogue.item_ids, memory)
+    extra = {"history_cap": cfg.data.history_cap}
+    folder = save_text_model(tmp_path / "tm", model, cfg.textmodel, backbone.identity, table, extra)
+    saved = load_file(str(folder / WEIGHTS_FILE))
+    assert any(".up." in n for n in saved)  # the side network's weights are in the artifact
+    child_cfg = quick(cfg, seed=1)
+    child_backbone, _, _, child = build(child_cfg, catalogue)
+    child.warm_start(load_parent(folder, child_cfg.textmodel, child_backbone.identity).weights, {})
+    for name, weight in saved.items():
+        assert torch.equal(trainable(child)[name], weight), name
+    lora_cfg = quick(cfg, seed=1)
+    lora_cfg.textmodel.peft.method = "lora"
+    with pytest.raises(
+        WarmStartError, match=re.escape("textmodel.peft.method differs: parent 'side', configured 'lora'")
+    ):
+        load_parent(folder, lora_cfg.textmodel, child_backbone.identity)
