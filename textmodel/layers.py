@@ -32,6 +32,16 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"textmodel.pooling: unknown pooling {how!r} (last or mean)")
 
 
+def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``module`` with its weights in ``dtype``; parameter-free children (rotary tables) are shared, not
+    cast, so positions keep float32 precision."""
+    out = copy.deepcopy(module).to(dtype)
+    for key, child in module._modules.items():
+        if child is not None and next(child.parameters(), None) is None:
+            out._modules[key] = child
+    return out
+
+
 class ItemBackbone(Protocol):
     """What the item tower and the encoder need of a backbone: a frozen, cacheable part (``lower``) and a
     trainable part run every step (``pooled``). :class:`SplitBackbone` cuts the decoder's layers (LoRA, IA3,
@@ -133,12 +143,7 @@ class SplitBackbone(nn.Module):
         """
         if dtype == torch.float32 or self.top_layers == self.total_layers:
             return  # nothing below the cut but the embedding lookup
-        original = self.lower_model
-        lower = copy.deepcopy(original).to(dtype)
-        for key, child in original._modules.items():
-            if child is not None and next(child.parameters(), None) is None:
-                lower._modules[key] = child
-        self.lower_model = lower
+        self.lower_model = cast_copy(self.lower_model, dtype)
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The adapted top layers (+ final norm) on cached hidden states: (B, T, H)."""

@@ -13,13 +13,11 @@ its output layer starts at zero, so an untrained side network gives exactly the 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textmodel.layers import pool
+from textmodel.layers import cast_copy, pool
 
 
 class SideNetwork(nn.Module):
@@ -103,11 +101,5 @@ class SideBackbone(nn.Module):
 
     def set_lower_dtype(self, dtype: torch.dtype) -> None:
         """Run the frozen backbone from a ``dtype`` copy of its weights (as :class:`SplitBackbone`)."""
-        if dtype == torch.float32:
-            return
-        original = self.lower_model
-        lower = copy.deepcopy(original).to(dtype)
-        for key, child in original._modules.items():
-            if child is not None and next(child.parameters(), None) is None:
-                lower._modules[key] = child
-        self.lower_model = lower
+        if dtype != torch.float32:
+            self.lower_model = cast_copy(self.lower_model, dtype)
