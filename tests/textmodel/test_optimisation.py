@@ -168,3 +168,35 @@ def test_every_epoch_logs_its_held_in_loss(tiny_data) -> None:
         with torch.no_grad():
             memory = encoder.encode_all()
         assert trainer.validation_loss(held, memory) == pytest.approx(last.held_in_loss, abs=1e-6)
+
+
+def test_the_side_backbone_caches_the_top_layers_pooled_states_and_the_final_one(tiny_data) -> None:
+    """``lower``: per item, the pooled output of each read layer below the top and, last, the pooled final
+    (normed) state the probe reads, computed with a plain forward here; with a zero side network the pooled
+    vector is that final state."""
+    from textmodel.layers import pool
+
+    cfg, catalogue, _ = tiny_data
+    cfg = cfg.model_copy(deep=True)
+    cfg.textmodel.trainable_top_layers = 2  # both layers of the tiny GPT-2: one raw output and the final state
+    _, model, encoder, _ = build(cfg, catalogue, "side", seed=0)
+    backbone = model.items.backbone
+    assert backbone.top_layers == 2
+    base = backbone.lower_model  # the frozen copy that runs (bf16 where lower_dtype auto picks it)
+    index = torch.arange(6)
+    ids, lengths = encoder.tokens.ids[index], encoder.tokens.lengths[index]
+    width = int(lengths.max())
+    ids, mask = ids[:, :width], (torch.arange(width)[None, :] < lengths[:, None]).long()
+    states = backbone.lower(ids, mask)
+    assert states.shape == (6, backbone.top_layers, base.config.hidden_size)
+    with torch.no_grad():
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    final = pool(out.last_hidden_state.float(), mask, "mean")
+    torch.testing.assert_close(states[:, -1], final, atol=1e-6, rtol=0)
+    below = pool(out.hidden_states[1].float(), mask, "mean")  # the first layer's output (the raw residual stream)
+    torch.testing.assert_close(states[:, 0], below, atol=1e-6, rtol=0)
+    assert float((states[:, 0] - states[:, 1]).abs().max()) > 1e-3
+    model.eval()
+    with torch.no_grad():
+        pooled = model.items.pooled(states, backbone.state_mask(mask))
+    torch.testing.assert_close(pooled, states[:, -1], atol=0, rtol=0)
