@@ -206,8 +206,10 @@ def _finish(
         frames = {split: frame.hstack([frozen[split]]) for split, frame in frames.items()}
     cross_fit: dict[str, object] = {"train_interest": "in_sample", "oof_seconds": 0.0}
     if tm.train.oof_folds > 1:
+        from textmodel.crossfit import CrossFitter
+
         t0 = time.perf_counter()
-        oof = trainer.out_of_fold_scores(
+        oof = CrossFitter(trainer).scores(
             sets["train"], t.selection, tm.train.oof_folds, t.init_towers, tm.train.oof_scheme, progress
         )
         # Rows no head could score honestly (the first time block) get no score: the ranker does not fit on them.

@@ -29,7 +29,6 @@ from conf import TrainConfig
 from conf.progress import progress as show_progress
 from conf.progress import say
 from textmodel.continual import WarmStartError
-from textmodel.crossfit import CrossFitter
 from textmodel.data import Batch, ImpressionSet, batches, sample_examples
 from textmodel.encoder import ItemEncoder
 from textmodel.objective import ClickObjective, ValMetric
@@ -117,18 +116,6 @@ class ClickTrainer:
 
     def validation_loss(self, data: ImpressionSet, memory: torch.Tensor, chunk: int = 4096) -> float | None:
         return self.objective.validation_loss(data, memory, chunk)
-
-    def out_of_fold_scores(
-        self,
-        train: ImpressionSet,
-        val: ImpressionSet,
-        folds: int,
-        init_towers: dict[str, torch.Tensor],
-        scheme: str = "time",
-        progress: bool = False,
-    ) -> np.ndarray:
-        """Cross-fitted interest scores of ``train``'s rows (:meth:`textmodel.crossfit.CrossFitter.scores`)."""
-        return CrossFitter(self).scores(train, val, folds, init_towers, scheme, progress)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, the trainer's own included (the best epoch's is restored at the end)."""

@@ -21,6 +21,7 @@ from sample_data import TEXT_OVERRIDES
 from conf import load_config
 from offline.cli import main
 from offline.textmodel_stage import FROZEN_COLUMN, INTEREST_FILE, model_dir
+from textmodel.crossfit import CrossFitter
 from textmodel.train import ClickTrainer
 
 FAST = [
@@ -110,19 +111,19 @@ def test_the_text_model_is_selected_on_its_own_impressions(source, tmp_path, mod
     args = _args(source, tmp_path / "d", model_cache)
     _prepare(args)
     seen: dict[str, list] = {"fit_train": [], "fit_val": [], "oof_val": []}
-    fit, oof = ClickTrainer.fit, ClickTrainer.out_of_fold_scores
+    fit, oof = ClickTrainer.fit, CrossFitter.scores
 
     def record_fit(self, train, val, *a, **k):
         seen["fit_train"].append(train)
         seen["fit_val"].append(val)
         return fit(self, train, val, *a, **k)
 
-    def record_oof(self, train, val, *a, **k):
+    def record_oof(self, train, val, *a, **k):  # self: the CrossFitter
         seen["oof_val"].append(val)
         return oof(self, train, val, *a, **k)
 
     monkeypatch.setattr(ClickTrainer, "fit", record_fit)
-    monkeypatch.setattr(ClickTrainer, "out_of_fold_scores", record_oof)
+    monkeypatch.setattr(CrossFitter, "scores", record_oof)
     assert main(["textmodel", "train", *args]) == 0
     features = pl.read_parquet(tmp_path / "d" / "features.parquet")
     split_ids = {s: set(features.filter(pl.col("split") == s)["impression_id"]) for s in ("train", "val", "test")}
