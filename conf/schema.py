@@ -239,6 +239,13 @@ class TrainConfig(_Strict):
     )
     lr: float = Field(gt=0, description="AdamW learning rate of the fine-tuning phase (adapters and towers).")
     head_lr: float = Field(gt=0, description="AdamW learning rate of the towers in the probe phase.")
+    fine_tune_from: Literal["probe", "scratch"] = Field(
+        default="probe",
+        description="Where the fine-tuning phase starts. probe: from the probe's best state (linear probing, "
+        "then fine-tuning: LP-FT). scratch: from the untrained towers, adapters and towers trained together from "
+        "the first step (the towers at fine_tune_head_lr, else head_lr), so the adapters see every impression "
+        "while it is still unseen; the probe still runs as the frozen reference the export decision compares with.",
+    )
     fine_tune_head_lr: float | None = Field(
         default=None,
         ge=0,

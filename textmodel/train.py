@@ -89,6 +89,7 @@ class ClickTrainer:
         # Every trainable weight as the probe left it (the head over the untouched backbone): the reference the
         # adapted model must beat to be exported, and the frozen baseline every run reports (None: no probe ran).
         self.probe_state: dict[str, torch.Tensor] | None = None
+        self._init_state: dict[str, torch.Tensor] | None = None  # the towers before the probe (fine_tune_from)
 
     # The objective's scalars and measures, under the names callers use.
     @property
@@ -339,6 +340,16 @@ class ClickTrainer:
         finally:
             self._resume, self._in_fit = None, False
 
+    def _from_scratch(self) -> bool:
+        """``fine_tune_from: scratch`` applies to adapters that follow this run's own probe (not a warm start, not
+        a resumed fine-tuning phase, whose checkpoint holds its weights)."""
+        return (
+            self.cfg.fine_tune_from == "scratch"
+            and not self.frozen
+            and self._init_state is not None
+            and self.probe_state is not None
+        )
+
     @property
     def frozen(self) -> bool:
         """No adapters to train: the backbone is frozen and only the head learns."""
@@ -364,6 +375,7 @@ class ClickTrainer:
         start.held_in_loss = self.validation_loss(self.objective.held_in(train), self._memory)
         result.epochs.append(start)
         self._best_state, self._fine_steps, self._fine_seconds = self.trainable_state(), 0, 0.0
+        self._init_state = self._best_state
         self._phase(Phase("probe", epochs, [towers], pooled), train, val, self._rng, result, progress)
         if not self.warm:  # a warm-started probe starts from a parent's (adapted) weights: not a frozen baseline
             self.probe_state = self.trainable_state()
@@ -381,6 +393,12 @@ class ClickTrainer:
         # The probe annealed the towers' rate to zero; restarting them at lr undoes it (docs/fine-tuning.md), so
         # by default (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
         head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
+        if self._from_scratch():
+            # The untrained towers, so adapters and towers learn together from the first (unseen) impression; the
+            # probe's state stays the frozen reference. The run's best starts over with this phase.
+            head_lr = cfg.head_lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
+            self.restore(self._init_state)
+            self._best_state, self._memory = self._init_state, None
         towers = {"params": self._head_params() if head_lr > 0 else [], "lr": head_lr}
         if self._memory is None:  # the probe leaves head(pooled), which is encode_all() while adapters are unchanged
             self._memory = self.encoder.encode_all(progress=progress)

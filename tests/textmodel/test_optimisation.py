@@ -200,3 +200,26 @@ def test_the_side_backbone_caches_the_top_layers_pooled_states_and_the_final_one
     with torch.no_grad():
         pooled = model.items.pooled(states, backbone.state_mask(mask))
     torch.testing.assert_close(pooled, states[:, -1], atol=0, rtol=0)
+
+
+def test_fine_tuning_from_scratch_starts_at_the_untrained_towers(tiny_data) -> None:
+    """``fine_tune_from: scratch``: with every rate 0 the fine-tuning epochs validate exactly where the untrained
+    model did (the init epoch), not where the probe ended, and the probe's state is still kept as the frozen
+    reference; with rates, the run trains adapters and towers together from there."""
+    cfg, catalogue, sets = tiny_data
+    _, _, _, trainer = build(cfg, catalogue, "side", epochs=2, patience=5, fine_tune_from="scratch")
+    trainer.cfg = trainer.cfg.model_copy(update={"lr": 0.0, "fine_tune_head_lr": 0.0})
+    result = trainer.fit(sets["train"], sets["val"], progress=False)
+    init = result.epochs[0]
+    best_probe = max((e for e in result.epochs if e.phase == "probe"), key=lambda e: e.val_metric)
+    fine = [e for e in result.epochs if e.phase == "fine-tune"]
+    assert init.phase == "init" and len(fine) == 2
+    assert best_probe.val_metric != init.val_metric
+    assert {e.val_metric for e in fine} == {init.val_metric}
+    assert {round(e.held_in_loss, 6) for e in fine} == {round(init.held_in_loss, 6)}
+    assert trainer.probe_state is not None and result.best_phase == "fine-tune"
+
+    _, _, _, trained = build(cfg, catalogue, "side", epochs=2, patience=5, fine_tune_from="scratch", lr=0.01)
+    result = trained.fit(sets["train"], sets["val"], progress=False)
+    fine = [e for e in result.epochs if e.phase == "fine-tune"]
+    assert all(e.held_in_loss < result.epochs[0].held_in_loss - 0.01 for e in fine)
