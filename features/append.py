@@ -20,7 +20,6 @@ anything is written (a refused append changes nothing):
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import polars as pl
 from features.behaviour import FeatureSpec
 from features.build import read_snapshot, write_snapshot
 from features.incremental import advance, trailing_reach
+from features.io import replace_path
 from features.prepare import read_manifest
 from features.schema import (
     IMPRESSIONS_FILE,
@@ -41,6 +41,7 @@ from features.schema import (
     conform,
     read_impressions,
     read_items,
+    read_user_file,
     validate,
 )
 from features.split import read_split
@@ -68,14 +69,7 @@ class AppendSummary:
 
 
 def _read(path: Path, table: str) -> pl.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(path, None, "file not found")
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as exc:  # a corrupt or non-parquet file: say so in one line
-        raise DataValidationError(path, None, f"not a readable parquet file ({type(exc).__name__})") from None
-    return conform(frame, table, path)
+    return conform(read_user_file(path, pl.read_parquet), table, Path(path))
 
 
 def _new_items(path: Path | None, catalogue: pl.DataFrame, skip_existing: bool) -> tuple[pl.DataFrame | None, int]:
@@ -134,10 +128,8 @@ def _write_part(data_dir: Path, name: str, frames: dict[str, pl.DataFrame]) -> d
     try:
         for file, frame in frames.items():
             frame.write_parquet(tmp / file, compression="zstd", statistics=True)
-        final = root / name
-        if final.exists():  # left by a crashed try of this same append: no committed state names it yet
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # a folder of that name left by a crashed try of this same append is replaced: no committed state names it
+        replace_path(tmp, root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {file: f"{PARTS_DIR}/{name}/{file}" for file in frames}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -22,7 +21,7 @@ import polars as pl
 
 from features.behaviour import FeatureSpec, OnlineSnapshot, build_offline_and_snapshot
 from features.history import histories
-from features.io import atomic_path
+from features.io import atomic_path, replace_path
 from features.prepare import read_manifest
 from features.schema import read_impressions, read_items
 from features.split import read_split
@@ -110,7 +109,7 @@ def write_snapshot(
         (tmp / ONLINE_META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         final = root / snapshot_id
         if not final.is_dir():
-            os.replace(tmp, final)
+            replace_path(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return snapshot_id

@@ -44,6 +44,7 @@ import ray
 
 from conf import Config
 from conf.progress import say
+from features.io import atomic_path, write_json_atomic
 from offline.train_runs import (
     SNAPSHOT_FILE,
     DistributedTrainError,
@@ -138,9 +139,8 @@ def _cache_shard(cfg_json: dict, tokens, start: int, stop: int, path: str | None
     node = ray.get_runtime_context().get_node_id()
     if path is None:
         return states, node
-    tmp = Path(path).with_suffix(".tmp.npy")
-    np.save(tmp, states)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:  # a file object: np.save adds .npy to a bare name
+        np.save(out, states)
     return path, node
 
 
@@ -248,10 +248,7 @@ def _record_worker(folder: Path, rank: int, resumed_from_step: int | None) -> No
         # loopback, since torch has no bind-address option for it (README, "Exposure")
         "rendezvous": f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}",
     }
-    path = folder / f"rank{rank}-{os.getpid()}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_json_atomic(record, folder / f"rank{rank}-{os.getpid()}.json")
 
 
 def _train_worker(config: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from features.io import write_json_atomic
+
 RUN_FILE = "recrank_run.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
 # Settings that may change on resume: how restarts and checkpoints are handled, where files are, not what is
@@ -71,9 +73,7 @@ def start_run(root: Path, name: str, identity: dict[str, Any]) -> None:
     """Record a new run's identity (written whole: a temporary file renamed)."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
-    os.replace(tmp, folder / RUN_FILE)
+    write_json_atomic(identity, folder / RUN_FILE)
 
 
 def check_resume(root: Path, name: str, identity: dict[str, Any]) -> None:

@@ -11,13 +11,13 @@ the resumed run takes the same batches as one that never stopped.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from features.io import atomic_path
 from textmodel.results import TrainResult
 
 if TYPE_CHECKING:
@@ -46,9 +46,8 @@ def save_state(state: dict[str, Any], folder: Path) -> Path:
     """Write ``state`` to ``folder/trainer_state.pt`` through a temporary file (never half-written)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -16,13 +16,12 @@ The folder becomes OUTPUT only after the checks in :func:`finalise` pass; OUTPUT
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import polars as pl
 
-from features.io import atomic_path, write_json_atomic, write_parquet_atomic
+from features.io import atomic_path, replace_path, write_json_atomic, write_parquet_atomic
 
 JOB_FILE = "_job.json"
 MANIFEST_FILE = "_manifest.json"
@@ -150,14 +149,4 @@ def finalise(staging: Path, output: Path, manifest: dict, rejects: pl.DataFrame)
         write_parquet_atomic(rejects, staging / REJECTS_FILE)
     write_json_atomic(manifest, staging / MANIFEST_FILE)
     (staging / JOB_FILE).unlink()
-    if output.exists() or output.is_symlink():
-        # A folder cannot be renamed over a non-empty one: move the old output aside, then drop it.
-        aside = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, aside)
-        os.replace(staging, output)
-        if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside)
-        else:
-            aside.unlink()
-    else:
-        os.replace(staging, output)
+    replace_path(staging, output)
