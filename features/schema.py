@@ -7,10 +7,13 @@ Errors name the file, the column and the problem, so a bad input is fixed in one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
+
+T = TypeVar("T")
 
 UTC_DATETIME = pl.Datetime("us", "UTC")
 
@@ -50,6 +53,24 @@ class DataValidationError(ValueError):
         self.file, self.column, self.problem = str(file), column, problem
         where = f"{self.file}: column {column!r}" if column else self.file
         super().__init__(f"{where}: {problem}")
+
+
+def read_user_file(path: str | Path, read: Callable[[Path], T], kind: str = "parquet", hint: str = "") -> T:
+    """``read(path)`` for a file a user handed in, every failure as one :class:`DataValidationError` line naming
+    the file: missing (``hint`` says what was expected), or corrupt, truncated or not ``kind`` at all (polars
+    raises several error types, and a long traceback, for those)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(path, None, "file not found" + (f" ({hint})" if hint else ""))
+    try:
+        return read(path)
+    except DataValidationError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise DataValidationError(
+            path, None, f"not a readable {kind} file ({type(exc).__name__}{': ' + detail if detail else ''})"
+        ) from None
 
 
 def _check_columns(schema: dict[str, pl.DataType], actual: dict[str, pl.DataType], file: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from features.adapters.base import SourceTables
-from features.schema import IMPRESSIONS_FILE, ITEMS_FILE, DataValidationError, conform
+from features.schema import IMPRESSIONS_FILE, ITEMS_FILE, DataValidationError, conform, read_user_file
 
 
 def load_canonical(folder: Path) -> SourceTables:
@@ -20,8 +20,8 @@ def load_canonical(folder: Path) -> SourceTables:
     for path in (items_path, imps_path):
         if not path.is_file():
             raise DataValidationError(path, None, "file not found")
-    items = conform(pl.read_parquet(items_path), "items", items_path)
-    impressions = conform(pl.read_parquet(imps_path), "impressions", imps_path)
+    items = conform(read_user_file(items_path, pl.read_parquet), "items", items_path)
+    impressions = conform(read_user_file(imps_path, pl.read_parquet), "impressions", imps_path)
     return SourceTables(
         items=items,
         impression_chunks=[impressions],

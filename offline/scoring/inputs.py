@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from conf.prompt import TEMPLATE_FIELDS
-from features.schema import DataValidationError
+from features.schema import DataValidationError, read_user_file
 from ranker.pipeline import Candidate, RankingPipeline
 
 ID_COLUMNS = ("request_id", "user_id", "item_id")
@@ -64,10 +64,7 @@ def _id_cast(file: Path, name: str, dtype: pl.DataType) -> pl.Expr:
 
 def read_candidates(file: Path, index: int, offset: int) -> pl.DataFrame:
     """One input file in the long layout (+ bookkeeping columns); ``offset`` starts its ``_row`` numbers."""
-    try:
-        schema = pl.scan_parquet(file).collect_schema()
-    except Exception as exc:  # polars raises several error types for a non-parquet file
-        raise DataValidationError(file, None, f"not a readable parquet file ({type(exc).__name__})") from None
+    schema = read_user_file(file, lambda f: pl.scan_parquet(f).collect_schema())
     is_list = "candidates" in schema and "item_id" not in schema
     needed = ("request_id", "user_id", "candidates" if is_list else "item_id")
     missing = [c for c in needed if c not in schema]
@@ -94,7 +91,7 @@ def read_candidates(file: Path, index: int, offset: int) -> pl.DataFrame:
             exprs.append(pl.col(col).cast(pl.String))
         else:
             raise DataValidationError(file, col, f"wrong type {schema[col]} (expected string)")
-    frame = pl.read_parquet(file).select(exprs)
+    frame = read_user_file(file, lambda f: pl.read_parquet(f).select(exprs))  # the data pages: read only here
     if is_list:  # an empty or null list becomes one null item (reported as a bad row, not silently dropped)
         frame = frame.explode("item_id", empty_as_null=True, keep_nulls=True)
     return frame.with_columns(

@@ -365,6 +365,12 @@ def test_bad_input_exits_2_naming_column_and_count(served_world, reference, prof
         err = capsys.readouterr().err
         assert message in err and f"{name}.parquet" in err and len(err.strip().splitlines()) == 1, (name, err)
         assert not out.exists() and not staging_dir(out).exists(), name
+    truncated = tmp_path / "truncated.parquet"
+    _bad_inputs(reference)["missing"][0].write_parquet(truncated)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    assert main(["score", str(truncated), str(tmp_path / "out-t"), "--config", str(profile)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"recrank: error: {truncated}: not a readable parquet file (") and len(err.splitlines()) == 1
 
 
 def test_skip_bad_rows_writes_rejects_and_scores_the_rest(served_world, reference, profile, local_ray, tmp_path):
