@@ -79,7 +79,6 @@ class FeaturesConfig(_Strict):
         min_length=1, description="Windows (days) for the recent item-click counts, e.g. [1, 7]."
     )
     snapshot_retention: int = Field(
-        default=5,
         ge=1,
         description="Snapshot versions kept in the data folder (`recrank events append` writes one per append); "
         "older ones are deleted after a commit. A server holds its snapshot in memory, so pruning never breaks it.",
@@ -106,19 +105,16 @@ class EvaluationConfig(_Strict):
     # so behaviour there is thin; yet on sampled-negative data the slice is not empty (amazon_scientific_cold20
     # test: the bottom quarter of item_clicks_before, 31% of rows, 2,619 clicks).
     new_item_days: float = Field(
-        default=1.0,
         ge=0,
         description="An item first shown at most this many days before the training cut-off (or later) is in the "
         "new_items slice: products that entered the catalogue as training ended have almost no behaviour when "
         "they are ranked (in amazon_scientific_cold20 the 869 new products enter 5.6 hours before the cut-off).",
     )
     cold_item_max_clicks: int = Field(
-        default=5,
         ge=0,
         description="An item clicked at most this many times before the impression is in the few_clicks slice.",
     )
     freshness: list[Literal["point_in_time", "frozen", "daily"]] = Field(
-        default=["point_in_time", "frozen", "daily"],
         description="Feature freshness modes the ranker is evaluated under (ranker.freshness): point_in_time (every "
         "feature from all events before each impression: a perfectly fresh store), frozen (the snapshot of the "
         "events before the split's cut-off, never refreshed), daily (a snapshot rebuilt at each UTC midnight of the "
@@ -146,7 +142,7 @@ class PeftConfig(_Strict):
         description="Module names to adapt; null picks the architecture's attention projections."
     )
     prefix_tokens: int = Field(gt=0, description="Virtual tokens per layer for prefix tuning.")
-    side_width: int = Field(default=64, gt=0, description="Width of the side network (method side).")
+    side_width: int = Field(gt=0, description="Width of the side network (method side).")
 
 
 class AdversarialConfig(_Strict):
@@ -154,43 +150,36 @@ class AdversarialConfig(_Strict):
     trainable layers pushed along the loss gradient is added to the clean loss."""
 
     method: Literal["none", "fgm", "pgd"] = Field(
-        default="none", description="none, fgm (one step of size epsilon) or pgd (`steps` projected steps)."
+        description="none, fgm (one step of size epsilon) or pgd (`steps` projected steps)."
     )
-    epsilon: float = Field(
-        default=0.01, gt=0, description="Radius of the perturbation, relative to each item's input norm."
-    )
-    steps: int = Field(default=3, ge=1, description="PGD steps (fgm: ignored).")
+    epsilon: float = Field(gt=0, description="Radius of the perturbation, relative to each item's input norm.")
+    steps: int = Field(ge=1, description="PGD steps (fgm: ignored).")
 
 
 class DistributedTrainConfig(_Strict):
     """Data-parallel text-model training on Ray Train (``textmodel.train.workers > 1``, ``offline/textmodel_ray``)."""
 
     checkpoint_every_steps: int | None = Field(
-        default=None,
         gt=0,
         description="A Ray Train checkpoint every N optimiser steps, besides one at each epoch's end; a worker group "
         "restarted after a failure resumes from the latest (mid-epoch included). null = epoch ends only.",
     )
     max_failures: int = Field(
-        default=2,
         ge=0,
         description="Worker-group restarts Ray Train tries after a worker dies, each from the latest "
         "checkpoint, before the run fails.",
     )
     shared_cache: Literal["auto", "object_store", "disk"] = Field(
-        default="auto",
         description="Where the lower-layer cache (computed once per item, one shard per worker) is shared: "
         "object_store = Ray's object store (every node holds one copy of every shard); disk = .npy shards "
         "under the storage folder, memory-mapped by the workers (needs a file system every node sees); auto = "
         "the object store when the cache takes at most half of the smallest node's store, else disk.",
     )
     storage: str | None = Field(
-        default=None,
         description="Ray Train storage (checkpoints, worker records, spilled cache shards): a folder path every "
         "node sees at the same place (NFS, a mounted bucket); not a URI. null = <data.dir>/ray_train.",
     )
     resume: str | None = Field(
-        default=None,
         description="Continue this Ray Train run (the name `recrank textmodel train` printed, a folder under the "
         "storage) from its latest registered checkpoint, after its driver died (a crash, its machine lost). Refused "
         "when the run was started with other training settings, backbone or data. null = a new run.",
@@ -209,7 +198,6 @@ class GuardConfig(_Strict):
         description="Impression-mean metric the two models are compared on."
     )
     min_gain: float = Field(
-        default=0.0,
         description="The interval's lower end must be above this gain (0: better beyond the noise of the set).",
     )
 
@@ -240,14 +228,12 @@ class TrainConfig(_Strict):
     lr: float = Field(gt=0, description="AdamW learning rate of the fine-tuning phase (adapters and towers).")
     head_lr: float = Field(gt=0, description="AdamW learning rate of the towers in the probe phase.")
     fine_tune_from: Literal["probe", "scratch"] = Field(
-        default="probe",
         description="Where the fine-tuning phase starts. probe: from the probe's best state (linear probing, "
         "then fine-tuning: LP-FT). scratch: from the untrained towers, adapters and towers trained together from "
         "the first step (the towers at fine_tune_head_lr, else head_lr), so the adapters see every impression "
         "while it is still unseen; the probe still runs as the frozen reference the export decision compares with.",
     )
     fine_tune_head_lr: float | None = Field(
-        default=None,
         ge=0,
         description="Learning rate of the towers in the second phase (null: lr, as models before this field). "
         "The probe anneals its rate to zero; restarting the towers at lr kicks them out of that minimum (train and "
@@ -259,7 +245,6 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(gt=0, description="Gradient norm clipping.")
     patience: int = Field(ge=0, description="Fine-tuning epochs without a selection-AUC gain before stopping.")
     probe_patience: int | None = Field(
-        default=None,
         ge=0,
         description="Head-only epochs (the probe, the cross-fitted heads) without a selection-AUC gain before "
         "stopping; null = none: they run all probe_epochs, the rate annealed to zero, and keep their best epoch. "
@@ -277,16 +262,12 @@ class TrainConfig(_Strict):
     )
     # The two fields below default to what text models saved before them did, so those still load.
     offset_feature: str | None = Field(
-        default=None,
         description="A probability-valued behavioural feature (item_ctr_smoothed) whose logit, times a learned "
         "weight, is added to the score in the training loss: the text model then learns what that feature does "
         "not explain. The exported interest score is the text part alone. null = plain click training.",
     )
-    adversarial: AdversarialConfig = Field(
-        default_factory=AdversarialConfig, description="Adversarial training (FGM / PGD); method none = off."
-    )
+    adversarial: AdversarialConfig = Field(description="Adversarial training (FGM / PGD); method none = off.")
     live_history: int | None = Field(
-        default=None,
         ge=0,
         description="History items per example encoded in the step's graph, with gradients, together with its "
         "candidates (the newest N; null = all): the loss is then the same function of the weights in training, "
@@ -295,28 +276,24 @@ class TrainConfig(_Strict):
         "Head-only phases encode every history item live (it costs a projection).",
     )
     held_in_impressions: int = Field(
-        default=1000,
         gt=0,
         description="Train impressions (a fixed draw) on which the training loss is logged at each epoch's end with "
         "the epoch's final weights (`held_in_loss`): a curve of one model at a time, unlike the step losses' "
         "running mean over a moving one.",
     )
     memory_refresh_steps: int | None = Field(
-        default=None,
         gt=0,
         description="Fine-tuning re-encodes the history memory (the item vectors the user tower reads) every this "
         "many steps, besides each epoch's end; null = at epoch ends only. The adapters move every item's vector, "
         "so a stale memory trains the candidates against user vectors the next refresh replaces.",
     )
     oof_scheme: Literal["time", "impressions"] = Field(
-        default="impressions",
         description="time: the train impressions are cut into oof_folds consecutive time blocks and block k is "
         "scored by heads trained on blocks before k only (the first block gets no score and the combined ranker "
         "does not fit on it), so a train row's score knows no later clicks, as at serving time; impressions: "
         "random folds of impressions (heads see the other folds' later clicks too).",
     )
     selection_fraction: float = Field(
-        default=0.1,
         gt=0,
         lt=1,
         description="The latest share of the (windowed) train impressions, by time, that the text model is "
@@ -325,12 +302,10 @@ class TrainConfig(_Strict):
         "it can judge the ranker built on the interest score without the bias of having selected it.",
     )
     export_guard: GuardConfig = Field(
-        default_factory=lambda: GuardConfig(metric="auc"),
         description="The adapted (fine-tuned) text model is exported only when it beats the frozen-backbone head "
         "(the probe) of the same run on the selection impressions by this rule; otherwise the probe is exported.",
     )
     workers: int = Field(
-        default=1,
         ge=1,
         description="1: train in this process. N > 1: N data-parallel workers on Ray Train (TorchTrainer; gloo on "
         "CPU, NCCL with one GPU per worker), on the Ray of `ray` (joined at ray.address, else started locally). "
@@ -338,11 +313,10 @@ class TrainConfig(_Strict):
         "run follows the single-process one (same samples, same loss).",
     )
     distributed: DistributedTrainConfig = Field(
-        default_factory=DistributedTrainConfig, description="Checkpoints, restarts and the shared cache of workers > 1."
+        description="Checkpoints, restarts and the shared cache of workers > 1."
     )
     # Continual training (#15). Both default to null: training from scratch on the whole train split, as before.
     warm_start: str | None = Field(
-        default=None,
         description="Start every trainable weight (adapters, towers, the trainer's bias and offset weight) from a "
         "registered text model, then fine-tune on the data as configured: champion (the textmodel version that "
         "<prefix>-ranker@champion pins) or a textmodel version number. The probe phase is skipped (the towers come "
@@ -351,7 +325,6 @@ class TrainConfig(_Strict):
         "offset_feature) differs. null = from scratch.",
     )
     since: datetime | None = Field(
-        default=None,
         description="Train only on train-split impressions at or after this time (UTC when no zone is given), e.g. "
         "the days since the parent was trained; validation is unchanged and every split is still scored. "
         "null = the whole train split.",
@@ -398,7 +371,6 @@ class TextModelConfig(_Strict):
     )
     # Defaults to null so that text models saved before prompts existed load and encode as they were trained.
     prompt: PromptTemplate | None = Field(
-        default=None,
         description="Template of the text the encoder reads, over the item fields title, body, category and "
         "subcategory ({field} placeholders, literal braces as {{ }}), e.g. 'Product: {title}\\nDescription: "
         "{body}'. Field values are stripped and their whitespace collapsed; a line whose placeholders are all "
@@ -413,7 +385,6 @@ class TextModelConfig(_Strict):
     pooling: Literal["last", "mean"] = Field(description="Pool the last non-pad token or the mean of all tokens.")
     # Defaults to false: text models saved before it projected the raw pooled vectors.
     standardize: bool = Field(
-        default=False,
         description="Centre and scale the pooled vectors by the catalogue's mean and spread (from the untouched "
         "backbone, saved with the model) before the projection: a causal LM's pooled states are nearly parallel, "
         "and raw they made the probe converge slowly and swing between epochs.",
@@ -426,7 +397,6 @@ class TextModelConfig(_Strict):
         "frozen (towers over frozen pooled vectors).",
     )
     lower_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="float32",
         description="Weights dtype of the frozen lower layers (a bf16 copy; the trainable top layers stay float32). "
         "bfloat16 builds the lower-layer cache ~1.7x faster on CPUs with native bf16 (AVX512-BF16 / AMX) and on "
         "GPUs, but is ~75x *slower* on a CPU without it (emulated: AVX2-only AMD EPYC, measured); auto = bfloat16 "
@@ -435,7 +405,6 @@ class TextModelConfig(_Strict):
     score_scale: float = Field(gt=0, description="Initial scale of the dot product (learned).")
     # Defaults to cosine: every text model saved before it scored by cosine.
     similarity: Literal["cosine", "dot"] = Field(
-        default="cosine",
         description="cosine: user and item vectors are unit length and the score is a learned scale (an inverse "
         "temperature) times their dot product; dot: the vectors keep their length (the score's scale is learned "
         "as well).",
@@ -488,13 +457,11 @@ class RankerConfig(_Strict):
     )
     seed: int = Field(description="Seed of LightGBM's sampling.")
     num_threads: int | None = Field(
-        default=None,
         gt=0,
         description="LightGBM threads of an in-process fit; null = all cores. LightGBM ignores OMP_NUM_THREADS: "
         "two fits side by side on a 2-core machine each took ~8x longer than alone until capped at 1.",
     )
     text_guard: GuardConfig = Field(
-        default_factory=lambda: GuardConfig(metric="ndcg_at_10"),
         description="With use_text, the combined ranker is shipped (registered) only when it beats the "
         "features-only ranker on the validation impressions by this rule; otherwise the features-only one is.",
     )
@@ -516,7 +483,19 @@ class MlflowConfig(_Strict):
     promotion_metric: Literal["ndcg_at_10", "auc", "mrr", "ndcg_at_5"] = Field(
         description="Test metric a challenger must win on to become champion."
     )
-    promotion_margin: float = Field(ge=0, description="Required gain of the challenger over the champion.")
+    promotion_margin: float = Field(
+        ge=0,
+        description="Promote only when the lower end of the paired 95% bootstrap interval of the challenger's gain "
+        "over the champion (promotion_metric, same test impressions) is at least this.",
+    )
+    promotion_max_interval: float = Field(
+        gt=0,
+        description="Widest 95% interval of the gain the gate decides on: a wider one (too few test impressions) "
+        "keeps the champion as 'not enough evidence'.",
+    )
+    history_keep: int = Field(
+        ge=2, description="Champion history entries and rollback records kept on the registered ranker (newest)."
+    )
 
 
 class RayConfig(_Strict):
@@ -551,7 +530,6 @@ class ServingConfig(_Strict):
     model_alias: str = Field(description="Registry alias served: <prefix>-ranker@alias and the textmodel it pins.")
     reload_interval_s: float = Field(ge=0, description="How often the alias is polled for a new champion; 0 = never.")
     snapshot_refresh_s: float = Field(
-        default=10.0,
         ge=0,
         description="How often the data folder is polled for a new snapshot version (after `recrank events "
         "append`): the bound on how stale served features get beyond the append cadence; 0 = never.",
@@ -595,20 +573,19 @@ class ScoringConfig(_Strict):
 class ReplayConfig(_Strict):
     """``recrank replay``: the last days of a data set replayed as production would run them."""
 
-    days: int = Field(default=7, gt=0, description="Days replayed: the data set's last N UTC calendar days.")
+    days: int = Field(gt=0, description="Days replayed: the data set's last N UTC calendar days.")
     retrain_every_days: int = Field(
-        default=2, gt=0, description="A challenger is trained after every N replayed days (and gated on the next)."
+        gt=0, description="A challenger is trained after every N replayed days (and gated on the next)."
     )
     val_days: float = Field(
-        default=7.0, gt=0, description="Validation window of each (re)training: the last N days before its cut-off."
+        gt=0, description="Validation window of each (re)training: the last N days before its cut-off."
     )
     warm_start: bool = Field(
-        default=True,
         description="Challengers' text models start from the champion's (textmodel.train.warm_start=champion, "
         "trained on the days since the parent's cut-off); false = from scratch on everything.",
     )
     dir: Path | None = Field(
-        default=None, description="The replay's own data folder (registry included); null = '<data.dir>-replay'."
+        description="The replay's own data folder (registry included); null = '<data.dir>-replay'."
     )
 
 
@@ -625,4 +602,4 @@ class Config(_Strict):
     ray: RayConfig
     serving: ServingConfig
     scoring: ScoringConfig
-    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    replay: ReplayConfig

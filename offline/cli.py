@@ -101,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     rk = sub.add_parser("ranker", help="the LambdaRank ranker").add_subparsers(dest="action", required=True)
     command(rk, "train", "fit LambdaRank (tuned on validation) and write the evaluation report")
     command(sub, "register", "log and register the trained text model and ranker in MLflow")
-    command(sub, "promote", "move champion to the newest ranker version if it wins on test").add_argument(
-        "--force", action="store_true", help="promote even if the challenger does not win"
+    promote = command(sub, "promote", "move champion to a challenger (default: the newest ranker) if it wins on test")
+    promote.add_argument("--force", action="store_true", help="promote even if the challenger does not win")
+    promote.add_argument("--challenger", metavar="VERSION", help="the ranker version to judge (default: the newest)")
+    command(sub, "rollback", "move champion back to the previous champion").add_argument(
+        "--reason", help="why (recorded with who and when on the registered model)"
     )
-    command(sub, "rollback", "move champion back to the previous champion")
     command(sub, "evaluate", "evaluate systems on a split and write the report").add_argument(
         "--split", choices=["val", "test"], default="test"
     )
@@ -274,11 +276,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "promote":
         from offline import registry
 
-        print_decision(registry.promote(cfg, force=args.force))
+        print_decision(registry.promote(cfg, force=args.force, challenger=args.challenger))
     elif args.command == "rollback":
         from offline import registry
 
-        print_decision(registry.rollback(cfg))
+        back = registry.rollback(cfg, reason=args.reason)
+        console.print(
+            f"[yellow]rolled back[/yellow]: champion {back.from_version} -> {back.to_version} ({back.reason})"
+        )
     elif args.command == "pipeline":
         run_pipeline(cfg)
     elif args.command == "replay":

@@ -4,10 +4,11 @@ Each registered version carries params, metrics, a signature, an input example, 
 and the git commit. A ranker version is tagged ``textmodel_version`` with the text model whose scores it
 was trained on; serving loads exactly that pair (:mod:`ranker.loading`).
 
-Promotion compares the newest ranker version (the challenger) with the champion on the same test
-impressions (paired bootstrap) and moves ``champion`` only when the challenger wins on the configured
-metric by the configured margin, or with ``force``. Every decision is recorded as tags: who, when,
-both metric sets, the decision. ``rollback`` moves ``champion`` back to the previous champion.
+Promotion compares a challenger (the newest ranker version unless named) with the champion on the same test
+impressions (paired bootstrap) and moves ``champion`` only when :mod:`offline.gate`'s rule says the evidence is
+there, or with ``force``. Every decision is recorded as tags: who, when, the rule, both metric sets, the gain's
+interval, the impressions. ``rollback`` moves ``champion`` back to the previous champion and records itself on
+the registered model.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import polars as pl
 
 from conf import Config
 from features import read_manifest
+from offline.gate import PROMOTED, GateRule
 from offline.tracking import git_commit, setup
+from ranker.compare import Interval
 from ranker.loading import TEXTMODEL_TAG, ModelPairError, ranker_name, textmodel_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PARENT_TAG = "parent_version"  # a warm-started textmodel version: the version it was started from
-HISTORY_TAG = "champion_history"  # JSON list of champion versions, oldest first
+HISTORY_TAG = "champion_history"  # JSON list of champion versions, oldest first (the newest history_keep)
+ROLLBACKS_TAG = "rollbacks"  # JSON list of rollback records, oldest first (the newest history_keep)
 
 
 def _flat(prefix: str, obj: object) -> dict[str, object]:
@@ -198,6 +202,8 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
 
 @dataclass
 class Decision:
+    """A gate's decision on one challenger, as recorded on the version and the registered model."""
+
     promoted: bool
     challenger: str
     champion_before: str | None
@@ -206,6 +212,23 @@ class Decision:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float]
     gain: dict[str, float]
+    verdict: str = ""  # offline.gate's verdict, or "first", "current", "forced"
+    rule: str = ""
+    impressions: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Rollback:
+    """A rollback, recorded on the registered model (never on a version's promotion record)."""
+
+    by: str
+    at: str
+    from_version: str
+    to_version: str
+    reason: str
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -216,10 +239,11 @@ def _history(client, name: str) -> list[str]:
     return json.loads(tags.get(HISTORY_TAG, "[]"))
 
 
-def _set_champion(client, name: str, version: str) -> None:
+def _set_champion(client, name: str, version: str, keep: int) -> None:
+    """Move the alias and append to the champion history (the newest ``keep`` entries)."""
     history = _history(client, name)
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version][-keep:]))
 
 
 def evaluate_version(cfg: Config, client, version: str, rows: pl.DataFrame, source, truth: pl.DataFrame):
@@ -242,33 +266,19 @@ def evaluate_version(cfg: Config, client, version: str, rows: pl.DataFrame, sour
     return per_impression_metrics(truth, bundle.score_rows(rows, source, num_threads=0))
 
 
-def promote(cfg: Config, force: bool = False) -> Decision:
-    """Compare the newest ranker version with the champion on the same test impressions; move the alias."""
+def compare_versions(
+    cfg: Config, client, challenger: str, champion: str
+) -> tuple[Interval, int, dict[str, dict[str, float]]]:
+    """Both ranker versions on the same test impressions (point-in-time rows, each version's own scoring bundle):
+    the paired 95% bootstrap interval of the challenger's gain on ``mlflow.promotion_metric``, the impressions
+    where that metric is defined, and each version's metrics (with its impression count)."""
     from features import FeatureSpec, read_items, serving_unknown_columns
     from offline.ranker_stage import load_ranking_frame, point_in_time, scoring_rows
     from ranker.compare import paired_bootstrap
     from ranker.frame import RankerInputs, split_rows
     from ranker.metrics import METRIC_NAMES, summarize
 
-    client = setup(cfg)
-    name = ranker_name(cfg.mlflow.model_prefix)
-    versions = client.search_model_versions(f"name='{name}'")
-    if not versions:
-        raise ModelPairError(f"no versions of {name} registered yet (run `recrank pipeline` or `recrank register`)")
-    challenger = str(max(int(v.version) for v in versions))
-    aliases = client.get_registered_model(name).aliases
-    champion = aliases.get(CHAMPION)
-    client.set_registered_model_alias(name, CHALLENGER, challenger)
     metric = cfg.mlflow.promotion_metric
-    if champion is None:
-        _set_champion(client, name, challenger)
-        decision = Decision(True, challenger, None, challenger, "no champion yet: first promotion", {}, {}, {})
-        _record(client, name, challenger, decision)
-        return decision
-    if str(champion) == challenger:
-        return Decision(
-            False, challenger, str(champion), str(champion), "the newest version is the champion", {}, {}, {}
-        )
     spec = FeatureSpec.from_config(cfg)
     base_inputs = RankerInputs.build(
         spec,
@@ -278,40 +288,72 @@ def promote(cfg: Config, force: bool = False) -> Decision:
     )
     frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")  # features.parquet, read once for both
     source, rows = point_in_time(cfg, frame, spec), scoring_rows(frame)
-    per = {v: evaluate_version(cfg, client, v, rows, source, frame) for v in (challenger, str(champion))}
+    per = {v: evaluate_version(cfg, client, v, rows, source, frame) for v in (challenger, champion)}
     points = {v: summarize(p) for v, p in per.items()}  # one pass per version; keep the metrics, not the counts
     # The metrics and how many test impressions they stand on (a gate on one day of data says so).
     summary = {v: {**{m: p[m] for m in METRIC_NAMES}, "impressions": p["impressions"]} for v, p in points.items()}
     _, gains = paired_bootstrap(
-        {"challenger": per[challenger], "champion": per[str(champion)]},
+        {"challenger": per[challenger], "champion": per[champion]},
         metric,
         cfg.evaluation.bootstrap_samples,
         cfg.evaluation.seed,
         baseline="champion",
     )
-    gain = gains["challenger"]
-    wins = gain.mean >= cfg.mlflow.promotion_margin
-    if wins or force:
-        _set_champion(client, name, challenger)
-        reason = (
-            f"{metric} gain {gain.mean:+.4f} (95% CI {gain.low:+.4f}, {gain.high:+.4f}) "
-            + (">= margin" if wins else "< margin, forced")
-            + f" {cfg.mlflow.promotion_margin}"
+    impressions = int(per[challenger][metric].drop_nulls().drop_nans().len())
+    return gains["challenger"], impressions, summary
+
+
+def gate_rule(cfg: Config) -> GateRule:
+    m = cfg.mlflow
+    return GateRule(m.promotion_metric, m.promotion_margin, m.promotion_max_interval)
+
+
+def promote(cfg: Config, force: bool = False, challenger: str | None = None) -> Decision:
+    """Judge ``challenger`` (default: the newest ranker version) against the champion on the same test
+    impressions under :class:`offline.gate.GateRule`; move ``champion`` when the rule says so, or with
+    ``force``. The decision is recorded on the challenger's version and on the registered model."""
+    client = setup(cfg)
+    name = ranker_name(cfg.mlflow.model_prefix)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    if not versions:
+        raise ModelPairError(f"no versions of {name} registered yet (run `recrank pipeline` or `recrank register`)")
+    challenger = str(versions[-1]) if challenger is None else str(challenger)
+    if challenger not in {str(v) for v in versions}:
+        raise ModelPairError(f"{name}: --challenger {challenger} is not a registered version (have {versions})")
+    champion = client.get_registered_model(name).aliases.get(CHAMPION)
+    rule = gate_rule(cfg)
+    keep = cfg.mlflow.history_keep
+    if champion is None:
+        client.set_registered_model_alias(name, CHALLENGER, challenger)
+        _set_champion(client, name, challenger, keep)
+        decision = Decision(
+            True, challenger, None, challenger, "no champion yet: first promotion", {}, {}, {}, "first", rule.describe()
         )
-    else:
-        reason = (
-            f"refused: {metric} gain {gain.mean:+.4f} (95% CI {gain.low:+.4f}, {gain.high:+.4f}) "
-            f"< margin {cfg.mlflow.promotion_margin}"
-        )
+        _record(client, name, challenger, decision)
+        return decision
+    if str(champion) == challenger:
+        reason = f"version {challenger} is the champion already"
+        return Decision(False, challenger, str(champion), str(champion), reason, {}, {}, {}, "current", rule.describe())
+    client.set_registered_model_alias(name, CHALLENGER, challenger)
+    gain, impressions, summary = compare_versions(cfg, client, challenger, str(champion))
+    verdict, reason = rule.judge(gain, impressions)
+    promoted = verdict == PROMOTED or force
+    if force and verdict != PROMOTED:
+        verdict, reason = "forced", f"forced over '{verdict}': {reason}"
+    if promoted:
+        _set_champion(client, name, challenger, keep)
     decision = Decision(
-        wins or force,
+        promoted,
         challenger,
         str(champion),
-        challenger if (wins or force) else str(champion),
+        challenger if promoted else str(champion),
         reason,
         summary[challenger],
         summary[str(champion)],
         {"mean": gain.mean, "low": gain.low, "high": gain.high},
+        verdict,
+        rule.describe(),
+        impressions,
     )
     _record(client, name, challenger, decision)
     return decision
@@ -324,8 +366,10 @@ def _record(client, name: str, version: str, decision: Decision) -> None:
     client.set_registered_model_tag(name, "last_promotion", json.dumps(record, default=float))
 
 
-def rollback(cfg: Config) -> Decision:
-    """Move ``champion`` back to the champion before the current one."""
+def rollback(cfg: Config, reason: str | None = None) -> Rollback:
+    """Move ``champion`` back to the champion before the current one, and record who, when, from, to and why
+    on the registered model (``rollbacks``: the newest ``mlflow.history_keep``; ``last_rollback``) and as the
+    demoted version's ``rolled_back`` tag. No version's promotion record is touched."""
     client = setup(cfg)
     name = ranker_name(cfg.mlflow.model_prefix)
     history = _history(client, name)
@@ -333,10 +377,18 @@ def rollback(cfg: Config) -> Decision:
     if current is None or len(history) < 2:
         raise ModelPairError(f"{name}: no previous champion to roll back to (history {history})")
     previous = history[-2]
+    record = Rollback(
+        by=getpass.getuser(),
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        from_version=str(current),
+        to_version=previous,
+        reason=reason or "manual rollback",
+    )
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
-    decision = Decision(
-        True, str(current), str(current), previous, f"rollback from {current} to {previous}", {}, {}, {}
-    )
-    _record(client, name, previous, decision)
-    return decision
+    tags = client.get_registered_model(name).tags
+    records = [*json.loads(tags.get(ROLLBACKS_TAG, "[]")), record.to_json()][-cfg.mlflow.history_keep :]
+    client.set_registered_model_tag(name, ROLLBACKS_TAG, json.dumps(records))
+    client.set_registered_model_tag(name, "last_rollback", json.dumps(record.to_json()))
+    client.set_model_version_tag(name, str(current), "rolled_back", json.dumps(record.to_json()))
+    return record

@@ -12,8 +12,9 @@ Then, day by day:
    through the one scoring path (:meth:`ranker.pipeline.RankingPipeline.score_rows`): from the snapshot
    refreshed up to the day before (**refreshed**) and from the frozen one (**frozen**);
 2. **append** the day's events (``recrank events append``, new products with them): features and snapshot;
-3. **gate**: a challenger trained at the end of the previous day has now a day neither model trained on;
-   the cut-offs are set so that day is the test split, and the promotion gate (``recrank promote``) decides;
+3. **gate**: a pending challenger has now every day since its cut-off, which neither model trained on; the
+   cut-offs make those days the test split and the promotion gate (``recrank promote --challenger``) judges
+   it; "not enough evidence" keeps it pending for the next day's gate, on one more day;
 4. **retrain** every ``replay.retrain_every_days``: the cut-offs move to the day's end, the text model is
    warm-started from the champion's (``textmodel.train.warm_start=champion``, on the days since its
    parent's cut-off) and the ranker refit; both are registered: the challenger of the next day's gate.
@@ -37,6 +38,7 @@ from conf import Config
 from conf.progress import progress as show_progress
 from conf.progress import say
 from features.io import write_json_atomic
+from offline.gate import INSUFFICIENT
 
 STATE_FILE = "state.json"
 FROZEN_DIR = "frozen_snapshot"
@@ -52,7 +54,8 @@ class ReplayState:
     daily: list[dict[str, object]] = field(default_factory=list)
     decisions: list[dict[str, object]] = field(default_factory=list)
     trainings: list[dict[str, object]] = field(default_factory=list)
-    pending: str | None = None  # ranker version trained, not gated yet
+    pending: str | None = None  # ranker version trained, not decided yet
+    pending_since: str | None = None  # its training cut-off: its gate pools every day from there
     parent_cutoff: str | None = None  # val_start of the champion's training: a warm start trains from there
 
     @classmethod
@@ -246,8 +249,11 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress:
     pl.concat(frames).write_parquet(folder / "daily" / f"{date}.parquet")  # per impression: the report's bootstrap
     served["append"] = _append_day(cfg, folder, date)
     if state.pending is not None:
-        _set_cutoffs(cfg, day_start)  # test = this day: after the challenger's cut-off, unseen by both
-        decision = registry.promote(cfg)
+        # test = every day since the challenger's cut-off (unseen by both models), this one included: a day of
+        # 12-40 impressions rarely decides alone, so an undecided challenger is judged again on more days.
+        since = datetime.fromisoformat(state.pending_since) if state.pending_since else day_start
+        _set_cutoffs(cfg, since)
+        decision = registry.promote(cfg, challenger=state.pending)
         state.decisions.append(
             {
                 "day": date,
@@ -255,12 +261,16 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress:
                 "champion_before": decision.champion_before,
                 "champion_after": decision.champion_after,
                 "promoted": decision.promoted,
+                "verdict": decision.verdict,
+                "impressions": decision.impressions,
+                "since": since.isoformat(),
                 "reason": decision.reason,
                 "challenger_metrics": decision.challenger_metrics,
                 "champion_metrics": decision.champion_metrics,
             }
         )
-        state.pending = None
+        if decision.verdict != INSUFFICIENT:
+            state.pending, state.pending_since = None, None
     last_day = index == len(state.window) - 1
     if (index + 1) % cfg.replay.retrain_every_days == 0 and not last_day:
         cutoff = day_start + timedelta(days=1)
@@ -276,7 +286,17 @@ def run_day(cfg: Config, folder: Path, state: ReplayState, index: int, progress:
                 "since": state.parent_cutoff,
             }
         )
-        state.pending = version
+        if state.pending is not None:  # never decided: the new challenger, trained on more days, replaces it
+            state.decisions.append(
+                {
+                    "day": date,
+                    "challenger": state.pending,
+                    "promoted": False,
+                    "verdict": "superseded",
+                    "reason": f"superseded by version {version} before the evidence decided",
+                }
+            )
+        state.pending, state.pending_since = version, cutoff.isoformat()
         state.parent_cutoff = (cutoff - timedelta(days=cfg.replay.val_days)).isoformat()
     state.daily.append(served)
     state.done.append(date)

@@ -99,7 +99,7 @@ def write_replay_report(state, folder: Path) -> Path:
             d["day"] or "set-up",
             d["challenger"],
             d.get("champion_before", "-"),
-            "promoted" if d["promoted"] else "kept",
+            "promoted" if d["promoted"] else d.get("verdict") or "kept",
             d["reason"],
         ]
         for d in state.decisions
@@ -109,8 +109,9 @@ def write_replay_report(state, folder: Path) -> Path:
         "",
         f"Days {state.window[0]} .. {state.window[-1]}: each day the champion served the day's impressions from the "
         "snapshot refreshed up to the day before (**refreshed**) and from the snapshot of the window's start "
-        "(**frozen**, a server never refreshed); then the day was appended, a pending challenger gated on it "
-        "(neither model trained on it) and, on schedule, a new challenger trained.",
+        "(**frozen**, a server never refreshed); then the day was appended, a pending challenger judged on "
+        "every day since its cut-off (neither model trained on them; 'not enough evidence' keeps it pending) and, "
+        "on schedule, a new challenger trained.",
         "",
         "## Per day",
         "",

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from conf import EvaluationConfig
+from conf import EvaluationConfig, load_config
 
 CUTOFF = datetime(2024, 1, 1) + timedelta(hours=10)
 COLUMNS = ["impression_id", "item_id", "clicked", "item_ctr_smoothed", "interest_score", "fo"]
@@ -48,4 +48,6 @@ def features() -> pl.DataFrame:
 
 
 def config() -> EvaluationConfig:
-    return EvaluationConfig(bootstrap_samples=200, seed=0, cold_item_max_impressions=0, cold_item_max_clicks=1)
+    return load_config(None).evaluation.model_copy(
+        update={"bootstrap_samples": 200, "seed": 0, "cold_item_max_impressions": 0, "cold_item_max_clicks": 1}
+    )

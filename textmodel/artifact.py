@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from conf import TextModelConfig
+from conf.migrations import TEXTMODEL_CONFIG_VERSION, upgrade_textmodel
 from features.io import atomic_path
 from textmodel.backbone import Backbone, BackboneError, BackboneIdentity, load_backbone
 from textmodel.towers import TextModel
@@ -132,7 +133,12 @@ def save_text_model(
 ) -> Path:
     """Write the folder atomically (replacing an older one only when the new one is complete)."""
     weights = {n: p.detach().float().cpu().contiguous() for n, p in model.learned_state().items()}
-    meta = {"config": model_definition(cfg), "backbone": identity.to_json(), **extra}
+    meta = {
+        "config": model_definition(cfg),
+        "config_version": TEXTMODEL_CONFIG_VERSION,
+        "backbone": identity.to_json(),
+        **extra,
+    }
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file(weights, str(tmp / WEIGHTS_FILE))
@@ -162,7 +168,8 @@ def saved_config(folder: str | Path, meta: dict[str, object], runtime: TextRunti
     broken saved prompt template is an :class:`ArtifactError` here, not a wrong text for every item later.
     Saved before prompts existed: no ``prompt``, the old join. Saved with runtime knobs: those are ignored."""
     try:
-        return TextModelConfig.model_validate(with_runtime(meta["config"], runtime or TextRuntime()))
+        definition = upgrade_textmodel(meta["config"], int(meta.get("config_version", 0)))
+        return TextModelConfig.model_validate(with_runtime(definition, runtime or TextRuntime()))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
         raise ArtifactError(f"{Path(folder) / META_FILE}: saved text-model config is invalid: {problems}") from None

@@ -111,27 +111,59 @@ def _bad_run(cfg):
 def test_promotion_refused_when_worse_forced_then_better_wins_and_rollback(world) -> None:
     cfg, client = world
     name = ranker_name(cfg.mlflow.model_prefix)
+    report = json.loads((Path(cfg.data.dir) / "report" / "metrics.json").read_text())
     bad_version = registry.register_ranker(cfg, _bad_run(cfg), "1", {})
     refused = registry.promote(cfg)
-    assert not refused.promoted and refused.champion_after == "1" and refused.reason.startswith("refused")
+    assert not refused.promoted and refused.champion_after == "1" and refused.verdict == "refused"
+    assert refused.reason.startswith("refused: ndcg_at_10 gain") and "upper end < margin 0.002" in refused.reason
     assert (
-        refused.gain["mean"] < 0 and refused.challenger_metrics["ndcg_at_10"] < refused.champion_metrics["ndcg_at_10"]
+        refused.gain["high"] < 0 and refused.challenger_metrics["ndcg_at_10"] < refused.champion_metrics["ndcg_at_10"]
     )
+    # nDCG@10 counts the test impressions with a click (the others have no ideal ranking)
+    test = split_rows(ranker_stage.load_ranker_run(cfg).frame, "test")
+    clicked = test.group_by("impression_id").agg(pl.col("clicked").max()).filter(pl.col("clicked") == 1).height
+    assert refused.impressions == clicked and 0 < clicked < refused.champion_metrics["impressions"]
+    assert f"on {refused.impressions} test impressions" in refused.reason and "lower end" in refused.rule
     assert str(client.get_registered_model(name).aliases["champion"]) == "1"
     # the champion (the pipeline's ranker) is judged on the figures its report shows: same rows, same tie-break
-    report = json.loads((Path(cfg.data.dir) / "report" / "metrics.json").read_text())
     reported = report["systems"]["ranker"]["metrics"]
     assert refused.champion_metrics == pytest.approx({m: reported[m] for m in refused.champion_metrics}, abs=1e-12)
-    assert "refused" in client.get_model_version(name, bad_version).tags["promotion_decision"]
+    assert json.loads(client.get_model_version(name, bad_version).tags["promotion_decision"])["verdict"] == "refused"
     forced = registry.promote(cfg, force=True)
-    assert forced.promoted and str(client.get_registered_model(name).aliases["champion"]) == bad_version
-    good_version = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "1", {})
-    better = registry.promote(cfg)
-    assert better.promoted and better.gain["mean"] > cfg.mlflow.promotion_margin
-    assert str(client.get_registered_model(name).aliases["champion"]) == good_version
-    back = registry.rollback(cfg)
-    assert back.champion_after == bad_version
+    assert forced.promoted and forced.verdict == "forced" and forced.reason.startswith("forced over 'refused'")
     assert str(client.get_registered_model(name).aliases["champion"]) == bad_version
+    good_version = registry.register_ranker(cfg, ranker_stage.load_ranker_run(cfg), "1", {})
+    current = registry.promote(cfg, challenger=bad_version)  # a named challenger, here the champion itself
+    assert not current.promoted and current.verdict == "current" and current.champion_after == bad_version
+    with pytest.raises(ModelPairError, match="--challenger 99 is not a registered version"):
+        registry.promote(cfg, challenger="99")
+    better = registry.promote(cfg)
+    assert better.promoted and better.verdict == "promoted" and better.gain["low"] >= cfg.mlflow.promotion_margin
+    assert str(client.get_registered_model(name).aliases["champion"]) == good_version
+    promoted_record = client.get_model_version(name, good_version).tags["promotion_decision"]
+    history = json.loads(client.get_registered_model(name).tags["champion_history"])
+    assert history[-2:] == [bad_version, good_version]
+
+    back = registry.rollback(cfg, reason="complaints from the product page")
+    assert (back.from_version, back.to_version, back.reason) == (
+        good_version,
+        bad_version,
+        "complaints from the product page",
+    )
+    model = client.get_registered_model(name)
+    assert str(model.aliases["champion"]) == bad_version
+    assert json.loads(model.tags["rollbacks"])[-1] == back.to_json() == json.loads(model.tags["last_rollback"])
+    assert json.loads(model.tags["champion_history"]) == history[:-1]
+    # the rollback is its own record: no version's promotion record changes
+    assert client.get_model_version(name, good_version).tags["promotion_decision"] == promoted_record
+    assert json.loads(client.get_model_version(name, good_version).tags["rolled_back"])["to_version"] == bad_version
+    assert json.loads(model.tags["last_promotion"])["challenger"] == good_version
+
+    # the history keeps the newest history_keep entries
+    short = cfg.model_copy(deep=True)
+    short.mlflow.history_keep = 2
+    registry.promote(short, force=True, challenger=good_version)
+    assert json.loads(client.get_registered_model(name).tags["champion_history"]) == [bad_version, good_version]
 
 
 def test_ranker_pinned_to_a_missing_textmodel_fails_loudly(world) -> None:

@@ -68,12 +68,14 @@ def test_every_day_is_served_appended_and_reported(replayed) -> None:
 
 def test_each_challenger_is_gated_on_a_day_neither_model_trained_on(replayed) -> None:
     _, state, _ = replayed
-    gated = [d for d in state.decisions if d["day"] is not None]
+    gated = [d for d in state.decisions if d["day"] is not None and d["verdict"] != "superseded"]
     assert [d["day"] for d in gated] == state.window[1:]
     trained = {t["ranker"]: t for t in state.trainings}
     for decision in gated:
         training = trained[decision["challenger"]]
         assert training["cutoff"] <= decision["day"] + "T00:00:00+00:00"  # trained before the gated day
+        assert decision["since"] == training["cutoff"]  # judged on every day since its cut-off: here, one
+        assert decision["verdict"] in ("promoted", "refused", "not enough evidence")
         assert decision["challenger_metrics"]["impressions"] == next(
             d["impressions"] for d in state.daily if d["day"] == decision["day"]
         )
@@ -107,3 +109,48 @@ def test_a_replay_with_the_text_model_warm_starts_each_challenger(tmp_path: Path
     client = registry_client(cfg)
     assert client.get_model_version("recrank-textmodel", "2").tags["parent_version"] == "1"
     assert [d["day"] for d in state.decisions] == [None, state.window[1]]
+
+
+def test_an_undecided_challenger_is_judged_again_on_every_day_since_its_cut_off(tmp_path: Path, monkeypatch) -> None:
+    """The gate's state machine (the models and the registry stubbed): 'not enough evidence' keeps the challenger
+    pending, and its next gate pools the days from its cut-off; a decided one is not judged again; a challenger
+    still pending when a new one is trained is recorded as superseded."""
+
+    from offline import registry
+    from offline.gate import INSUFFICIENT, PROMOTED, REFUSED
+    from offline.registry import Decision
+
+    cfg = load_config(None, [*ARGS, f"data.dir={tmp_path / 'd'}", "replay.retrain_every_days=2"])
+    window = ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04", "2020-01-05"]
+    state = ReplayState(window=window, pending="2", pending_since="2020-01-01T00:00:00+00:00")
+    verdicts = iter([INSUFFICIENT, PROMOTED, INSUFFICIENT, INSUFFICIENT, REFUSED])
+    judged: list[str] = []
+
+    def promote(cfg, force=False, challenger=None):
+        judged.append(challenger)
+        verdict = next(verdicts)
+        return Decision(verdict == PROMOTED, challenger, "1", "1", verdict, {}, {}, {}, verdict, "rule", 10)
+
+    def serve(cfg, folder, date):
+        return {"day": date}, {"refreshed": pl.DataFrame({"a": [1]})}
+
+    monkeypatch.setattr(replay_module, "serve_day", serve)
+    monkeypatch.setattr(replay_module, "_append_day", lambda cfg, folder, date: {})
+    monkeypatch.setattr(replay_module, "_set_cutoffs", lambda cfg, start: None)
+    monkeypatch.setattr(replay_module, "_train_and_register", lambda cfg, warm, since, p: (str(3 + len(judged)), warm))
+    monkeypatch.setattr(registry, "promote", promote)
+    for index in range(5):
+        replay_module.run_day(cfg, tmp_path, state, index, progress=False)
+    # day 1: v2 undecided; day 2: v2 judged on days 1-2, promoted; v5 trained at day 2's end; days 3 and 4: v5
+    # undecided on day 3, then on days 3-4; v7 trained at day 4's end supersedes it; day 5: v7 refused.
+    assert judged == ["2", "2", "5", "5", "7"]
+    got = [(d["challenger"], d["verdict"], d.get("since")) for d in state.decisions]
+    assert got == [
+        ("2", INSUFFICIENT, "2020-01-01T00:00:00+00:00"),
+        ("2", PROMOTED, "2020-01-01T00:00:00+00:00"),
+        ("5", INSUFFICIENT, "2020-01-03T00:00:00+00:00"),
+        ("5", INSUFFICIENT, "2020-01-03T00:00:00+00:00"),
+        ("5", "superseded", None),
+        ("7", REFUSED, "2020-01-05T00:00:00+00:00"),
+    ]
+    assert state.pending is None and state.pending_since is None

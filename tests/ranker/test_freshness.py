@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from sample_data import TINY_SYNTHETIC
 
-from conf import EvaluationConfig
+from conf import load_config
 from features.behaviour import FeatureSpec, build_offline
 from features.sources import SnapshotFeatures
 from ranker.freshness import REFERENCE, Replay, compare_modes, snapshot_before, utc_days
@@ -96,8 +96,10 @@ def test_frozen_features_are_the_events_before_the_cut_off(world) -> None:
     pit = (
         build_offline(impressions.lazy(), items.lazy(), SPEC)
         .collect()
-        .join(rows.select(pl.col("request_id").alias("impression_id"), "item_id").with_row_index("_r"),
-              on=["impression_id", "item_id"])
+        .join(
+            rows.select(pl.col("request_id").alias("impression_id"), "item_id").with_row_index("_r"),
+            on=["impression_id", "item_id"],
+        )
         .sort("_r")
     )
     assert pit.height == rows.height
@@ -148,7 +150,9 @@ def test_a_mode_scored_like_point_in_time_gains_exactly_nothing() -> None:
         {"impression_id": ["a"] * 3 + ["b"] * 3, "item_id": list("xyzxyz"), "clicked": [1, 0, 0, 0, 1, 0]}
     )
     good, bad = np.array([0.9, 0.1, 0.2, 0.1, 0.8, 0.3]), np.array([0.1, 0.9, 0.2, 0.9, 0.1, 0.3])
-    cfg = EvaluationConfig(bootstrap_samples=200, seed=0, cold_item_max_impressions=5)
+    cfg = load_config(None).evaluation.model_copy(
+        update={"bootstrap_samples": 200, "seed": 0, "cold_item_max_impressions": 5}
+    )
     out = compare_modes(frame, {REFERENCE: {"s": good}, "frozen": {"s": good}, "daily": {"s": bad}}, cfg)
     assert out.metrics["s"][REFERENCE]["auc"] == 1.0 and out.metrics["s"]["daily"]["auc"] == 0.0
     same = out.gains["auc"]["s"]["frozen"]

@@ -24,7 +24,9 @@ def _frame(impressions: int, size: int = 4, clicked_first: bool = True) -> pl.Da
 def test_a_perfect_candidate_beats_a_reversed_reference_on_every_resample() -> None:
     frame = _frame(20)
     clicked = frame["clicked"].to_numpy().astype(float)
-    out = decide(frame, clicked, -clicked, GuardConfig(metric="auc"), 200, 0, ("adapted", "probe"), "selection")
+    out = decide(
+        frame, clicked, -clicked, GuardConfig(metric="auc", min_gain=0.0), 200, 0, ("adapted", "probe"), "selection"
+    )
     # every impression: AUC 1 against 0, so every resample's gain is exactly 1
     assert (out.candidate_value, out.reference_value) == (1.0, 0.0)
     assert (out.gain.mean, out.gain.low, out.gain.high) == (1.0, 1.0, 1.0)
@@ -36,7 +38,7 @@ def test_equal_scores_keep_the_reference() -> None:
     """A gain of exactly zero is not a gain: the reference stays (a tie never ships the candidate)."""
     frame = _frame(10)
     scores = np.random.default_rng(0).random(frame.height)
-    out = decide(frame, scores, scores, GuardConfig(metric="ndcg_at_10"), 200, 0)
+    out = decide(frame, scores, scores, GuardConfig(metric="ndcg_at_10", min_gain=0.0), 200, 0)
     assert (out.gain.mean, out.gain.low, out.gain.high) == (0.0, 0.0, 0.0)
     assert not out.accepted and out.chosen == "reference"
     # a margin below zero lets a candidate through that is no worse beyond the noise
@@ -51,7 +53,7 @@ def test_a_point_gain_inside_the_noise_keeps_the_reference() -> None:
     reference = np.where(frame["clicked"].to_numpy() == 1, 0.5, 0.0) + np.tile([0.0, 1.0, 0.0, 0.0], 20)
     good = np.tile([2.0, 1.0, 0.0, 0.0], 14)  # click first: AUC 1
     bad = np.tile([-1.0, 1.0, 0.0, 0.5], 6)  # click last: AUC 0
-    out = decide(frame, np.concatenate([good, bad]), reference, GuardConfig(metric="auc"), 500, 0)
+    out = decide(frame, np.concatenate([good, bad]), reference, GuardConfig(metric="auc", min_gain=0.0), 500, 0)
     assert out.reference_value == pytest.approx(2 / 3)
     assert out.candidate_value == pytest.approx(0.7)
     assert out.gain.mean == pytest.approx(0.7 - 2 / 3) and out.gain.low < 0 < out.gain.high
@@ -61,13 +63,15 @@ def test_a_point_gain_inside_the_noise_keeps_the_reference() -> None:
 def test_impressions_without_a_click_do_not_count() -> None:
     frame = pl.concat([_frame(6), _frame(4, clicked_first=False).with_columns(pl.col("impression_id") + "n")])
     clicked = frame["clicked"].to_numpy().astype(float)
-    out = decide(frame, clicked, -clicked, GuardConfig(metric="auc"), 100, 0)
+    out = decide(frame, clicked, -clicked, GuardConfig(metric="auc", min_gain=0.0), 100, 0)
     assert out.impressions == 6 and out.gain.mean == 1.0
 
 
 def test_a_decision_round_trips_through_json() -> None:
     frame = _frame(8)
     clicked = frame["clicked"].to_numpy().astype(float)
-    out = decide(frame, clicked, -clicked, GuardConfig(metric="auc"), 100, 0, ("ranker", "features"), "val")
+    out = decide(
+        frame, clicked, -clicked, GuardConfig(metric="auc", min_gain=0.0), 100, 0, ("ranker", "features"), "val"
+    )
     assert GuardDecision.from_json(out.to_json()) == out
     assert out.to_json()["chosen"] == "ranker" and out.to_json()["on"] == "val"
