@@ -45,13 +45,48 @@ def _flat(prefix: str, obj: object) -> dict[str, object]:
     return {prefix: obj if not isinstance(obj, list | tuple) else json.dumps(obj)}
 
 
-def _requirements() -> list[str]:
+# What a registered model runs, so that it loads in a fresh environment built from its own files: the recrank
+# packages on its import path (MLflow's code_paths: no checkout needed) and their third-party imports, pinned to
+# this environment's versions (torch's local "+cpu" build included: PyPI's default torch wheel is the CUDA one).
+CODE_PACKAGES = ("conf", "features", "textmodel", "ranker")
+REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "safetensors",
+    "gguf",
+    "polars",
+    "pyarrow",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "PyYAML",
+    "tqdm",
+    "lightgbm",
+    "mlflow",
+)
+
+
+def model_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [
-        f"{p}=={version(p)}"
-        for p in ("torch", "transformers", "peft", "safetensors", "polars", "pandas", "mlflow", "gguf")
-    ]
+    return [f"{p}=={version(p)}" for p in REQUIREMENTS]
+
+
+def code_paths() -> list[str]:
+    import importlib
+
+    return [str(Path(importlib.import_module(p).__file__).parent) for p in CODE_PACKAGES]
+
+
+def backbone_artifact(textmodel_folder: Path) -> dict[str, str]:
+    """The artifact that rebuilds a text model's backbone anywhere (:func:`textmodel.backbone.backbone_source`)."""
+    from textmodel.backbone import backbone_source
+    from textmodel.mlflow_flavor import BACKBONE_KEY
+
+    source = backbone_source(json.loads((Path(textmodel_folder) / "textmodel.json").read_text())["config"]["backbone"])
+    return {BACKBONE_KEY: str(source)} if source is not None else {}
 
 
 def register_textmodel(cfg: Config, folder: Path) -> str:
@@ -84,10 +119,12 @@ def register_textmodel(cfg: Config, folder: Path) -> str:
         info = mlflow.pyfunc.log_model(
             name="textmodel",
             python_model=TextModelPyfunc(),
-            artifacts={ARTIFACT_KEY: str(folder)},
+            artifacts={ARTIFACT_KEY: str(folder), **backbone_artifact(folder)},
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=model_requirements(),
+            code_paths=code_paths(),
+            model_config={"cache_dir": str(Path(cfg.textmodel.cache_dir).resolve())},
             metadata={"backbone": meta["backbone"]},
         )
     mv = mlflow.register_model(
@@ -147,7 +184,8 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
             shutil.copy2(snapshot_dir(cfg.data.dir) / name, snapshot / name)
         artifacts = {BUNDLE_KEY: str(bundle), SNAPSHOT_KEY: str(snapshot)}
         if run.inputs.uses_text:
-            artifacts[TEXTMODEL_KEY] = str(textmodel_folder(client, cfg.mlflow.model_prefix, str(textmodel_version)))
+            text_folder = textmodel_folder(client, cfg.mlflow.model_prefix, str(textmodel_version))
+            artifacts.update({TEXTMODEL_KEY: str(text_folder), **backbone_artifact(text_folder)})
         mlflow.log_params(
             _flat(
                 "",
@@ -177,7 +215,8 @@ def register_ranker(cfg: Config, run, textmodel_version: str | None, metrics: di
             artifacts=artifacts,
             signature=signature,
             input_example=example,
-            pip_requirements=[*_requirements(), f"lightgbm=={__import__('lightgbm').__version__}"],
+            pip_requirements=model_requirements(),
+            code_paths=code_paths(),
             model_config={"cache_dir": str(Path(cfg.textmodel.cache_dir).resolve())},
             metadata={
                 "ranker_inputs": run.inputs.to_json(),

@@ -10,12 +10,14 @@ Artifacts (copied into the logged model, so it is immutable):
 
     bundle/      booster.txt (LightGBM text) and bundle.json (ranker inputs, feature spec, versions, lineage)
     snapshot/    the online snapshot it was registered with (online_*.parquet, online_meta.json)
-    textmodel/   the pinned text model's folder (adapters, towers, item table; the backbone is referenced)
+    textmodel/   the pinned text model's folder (adapters, towers, item table)
+    backbone/    what rebuilds its backbone (textmodel.mlflow_flavor), when it has a text model
+    code/        the recrank packages it runs (conf, features, textmodel, ranker): no checkout needed
 
 ``model_config={"cache_dir": ...}`` at load time says where converted backbones live (default: the
-registering config's ``textmodel.cache_dir``). The recrank server does not load this pyfunc: it loads the
-booster and metadata from ``bundle/`` and pairs them with the data folder's current snapshot after a
-lineage check (:func:`ranker.loading.check_snapshot`).
+registering config's ``textmodel.cache_dir`` when it exists here, else ``~/.cache/recrank/models``). The
+recrank server does not load this pyfunc: it loads the booster and metadata from ``bundle/`` and pairs them
+with the data folder's current snapshot after a lineage check (:func:`ranker.loading.check_snapshot`).
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
         text = None
         if TEXTMODEL_KEY in context.artifacts:
             from textmodel.artifact import load_text_model
+            from textmodel.mlflow_flavor import model_cache, packed_backbone
             from textmodel.scoring import TextScorer
 
             device = torch.device("cpu")
-            cache = Path(config.get("cache_dir", "data/models"))
-            text = TextScorer(load_text_model(Path(context.artifacts[TEXTMODEL_KEY]), cache, device), device)
+            folder = Path(context.artifacts[TEXTMODEL_KEY])
+            loaded = load_text_model(folder, model_cache(config), device, packed_backbone=packed_backbone(context))
+            text = TextScorer(loaded, device)
         versions = {k: str(v) for k, v in meta.get("versions", {}).items() if v is not None}
         snapshot = read_snapshot(Path(context.artifacts[SNAPSHOT_KEY]))
         self.pipeline = RankingPipeline(booster, inputs, spec, snapshot, text, versions)

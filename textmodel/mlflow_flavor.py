@@ -1,8 +1,11 @@
 """The text model as an MLflow pyfunc: ``load_context`` loads, ``predict`` computes.
 
-The logged model carries the trained folder (adapters, towers, item-embedding table) as an artifact and
-references the backbone by name + content hash; the backbone weights are never copied into MLflow.
-``model_config={"cache_dir": ...}`` at load time says where converted backbones live.
+The logged model carries the trained folder (adapters, towers, item-embedding table) and what rebuilds its
+backbone on any machine (``backbone/``: the SmolLM2 GGUF, 98 MB, converted at load; a local model folder as it
+is; nothing for the tiny GPT-2, built from a fixed config), checked against the saved sha256 before use; with
+the recrank code (``code/``) and pinned requirements it loads in a fresh environment.
+``model_config={"cache_dir": ...}`` at load time says where converted backbones live (default: the registering
+machine's cache when it exists here, else ``~/.cache/recrank/models``).
 
 Input: a frame with ``history`` (space-separated item ids, oldest first), ``item_id`` and, needed only for
 items missing from the embedding table, their text fields (any of ``title``, ``body``, ``category``,
@@ -17,7 +20,21 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
-ARTIFACT_KEY = "textmodel"
+ARTIFACT_KEY, BACKBONE_KEY = "textmodel", "backbone"
+
+
+def model_cache(config: dict) -> Path:
+    """Where a loaded pyfunc keeps converted backbones: ``model_config["cache_dir"]`` when that folder exists on
+    this machine, else the user's cache (the registering machine's path means nothing elsewhere)."""
+    configured = config.get("cache_dir")
+    if configured and Path(configured).is_dir():
+        return Path(configured)
+    return Path.home() / ".cache" / "recrank" / "models"
+
+
+def packed_backbone(context) -> Path | None:
+    path = context.artifacts.get(BACKBONE_KEY)
+    return Path(path) if path else None
 
 
 class TextModelPyfunc(mlflow.pyfunc.PythonModel):
@@ -29,7 +46,7 @@ class TextModelPyfunc(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         device = resolve_device(config.get("device", "auto"))
         loaded = load_text_model(
-            Path(context.artifacts[ARTIFACT_KEY]), Path(config.get("cache_dir", "data/models")), device
+            Path(context.artifacts[ARTIFACT_KEY]), model_cache(config), device, packed_backbone=packed_backbone(context)
         )
         self.scorer = TextScorer(loaded, device)
 

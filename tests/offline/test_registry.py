@@ -298,6 +298,79 @@ def test_the_registered_pyfunc_predicts_the_rank_scores(world) -> None:
     assert [want[i] for i in (items[0], items[1], items[3])] == got.to_numpy()[[0, 1, 3]].tolist()
 
 
+FRESH = """import json, sys
+from pathlib import Path
+import mlflow.pyfunc
+import pandas as pd
+model_dir, cache, rows, out = sys.argv[1:]
+model = mlflow.pyfunc.load_model(model_dir, model_config={"cache_dir": cache})
+import conf, ranker, textmodel
+scores = model.predict(pd.read_parquet(rows))
+Path(out).write_text(json.dumps({"scores": scores.tolist(), "code": [m.__file__ for m in (conf, ranker, textmodel)]}))
+"""
+
+
+def _fresh_venv(requirements: Path) -> Path:
+    """A virtual environment built from a registered model's ``requirements.txt`` alone (no recrank), kept under
+    ~/.cache/recrank/test-venvs by the file's hash: built once per set of pins (a few minutes), then reused."""
+    import hashlib
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    venv = Path.home() / ".cache" / "recrank" / "test-venvs" / digest
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)]
+        subprocess.run(pip, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1200)
+        (venv / ".complete").write_text("ok\n")
+    return python
+
+
+@pytest.mark.slow
+def test_the_registered_champion_loads_in_a_fresh_environment(world, tmp_path: Path) -> None:
+    """The champion's own files (downloaded from the registry), a venv built from its requirements.txt only, no
+    recrank checkout on the path, no data folder, an empty backbone cache (the tiny GPT-2 is rebuilt and checked
+    against its saved sha256): MLflow's load + predict give the scores the API gives."""
+    import subprocess
+
+    import mlflow.artifacts
+
+    cfg, client = world
+    name = ranker_name(cfg.mlflow.model_prefix)
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "m")))
+    assert sorted(p.name for p in (model_dir / "code").iterdir()) == ["conf", "features", "ranker", "textmodel"]
+    python = _fresh_venv(model_dir / "requirements.txt")
+    served = load_pipeline(
+        client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")
+    )
+    users = served.snapshot.users["user_id"].to_list()
+    items = served.snapshot.items["item_id"].to_list()
+    rows = pl.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "c", "c"],
+            "user_id": [users[0], users[0], users[1], "nobody", "nobody"],
+            "item_id": [items[0], items[1], items[2], "brand-new", items[4]],
+            "title": [None, None, None, "The bold story of sports", None],
+        }
+    )
+    rows.write_parquet(tmp_path / "rows.parquet")
+    out, cache = tmp_path / "out.json", tmp_path / "empty-cache"
+    cache.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}  # no PYTHONPATH, no venv
+    args = [str(python), "-I", "-c", FRESH, str(model_dir), str(cache), str(tmp_path / "rows.parquet"), str(out)]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert all(path.startswith(str(model_dir / "code")) for path in result["code"])  # the model's own code
+    assert (cache / "tiny-gpt2-seed0").is_dir()  # the backbone was rebuilt here
+    np.testing.assert_array_equal(np.array(result["scores"]), served.score_rows(rows))
+    ranked = dict(served.rank(users[0], [Candidate(items[0]), Candidate(items[1])]))
+    assert [ranked[items[0]], ranked[items[1]]] == result["scores"][:2]
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_bundle_scores(world, tmp_path: Path) -> None:
     """`mlflow models serve --env-manager local` on the registered ranker (MLflow's own server, loopback only)."""

@@ -73,4 +73,14 @@ def test_two_runs_of_the_same_config_write_identical_metrics(tmp_path: Path, mod
     (a, _), (b, _) = runs.values()
     different = [f for f in SAME_BYTES if (a / f).read_bytes() != (b / f).read_bytes()]
     assert not different, f"two runs of the same config differ in {different}"
-    assert json.loads((a / "report/metrics.json").read_text())["systems"]["ranker"]["metrics"]["auc"] > 0
+    # and the file holds the run's figures: the interest score's AUC recomputed by hand from interest.parquet
+    import polars as pl
+
+    from features import read_features
+    from ranker.metrics import per_group_metrics, summarize
+
+    systems = json.loads((a / "report/metrics.json").read_text())["systems"]
+    test = read_features(a).filter(pl.col("split") == "test").collect()
+    scored = test.join(pl.read_parquet(a / "interest.parquet"), on=["impression_id", "item_id"], how="left")
+    frame = scored.select("impression_id", "clicked", pl.col("interest_score").alias("score"))
+    assert systems["interest_score"]["metrics"]["auc"] == pytest.approx(summarize(per_group_metrics(frame))["auc"])
