@@ -14,6 +14,7 @@ from conf import Config
 from features.append import AppendSummary, append_events
 from features.behaviour import FeatureSpec
 from features.build import build_features, read_features
+from features.io import sweep
 from features.prepare import PrepareSummary, prepare_dataset, read_manifest
 from features.split import read_split
 from offline.report import write_report
@@ -22,10 +23,12 @@ from ranker.slices import new_item_ids
 
 
 def prepare(cfg: Config, progress: bool = True) -> PrepareSummary:
+    sweep(cfg.data.dir)  # finish or undo what a crashed earlier run left half-replaced (features.io)
     return prepare_dataset(cfg.data, progress=progress)
 
 
 def features(cfg: Config) -> dict[str, object]:
+    sweep(cfg.data.dir)
     return build_features(cfg.data.dir, FeatureSpec.from_config(cfg), cfg.features.snapshot_retention)
 
 

@@ -134,3 +134,23 @@ def test_no_module_renames_or_deletes_its_outputs_by_hand() -> None:
                 if renames and isinstance(node.value, ast.Name) and node.value.id == "os":
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_next_prepare_sweeps_what_a_crashed_run_left(tmp_path: Path) -> None:
+    """A data folder a crash left between the two renames of a write (the old file aside, a temporary folder
+    beside it): the next ``recrank data prepare`` of that folder finds nothing half-done left over."""
+    from sample_data import TINY_SYNTHETIC
+
+    from offline.cli import main
+
+    args = ["data", "prepare", *TINY_SYNTHETIC, f"data.dir={tmp_path / 'd'}"]
+    assert main(args) == 0
+    data = tmp_path / "d"
+    os.replace(data / "split.json", data / ".split.json.old")  # crashed between "old aside" and "new in"
+    (data / ".items.parquet.abc.tmp").mkdir()  # a write's temporary place
+    restored = io.sweep(data)
+    assert sorted(p.name for p in restored) == [".items.parquet.abc.tmp", ".split.json.old"]
+    assert (data / "split.json").is_file() and _leftovers(data) == []
+    (data / ".items.parquet.abc.tmp").mkdir()
+    assert main(args) == 0
+    assert _leftovers(data) == []
