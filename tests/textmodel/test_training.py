@@ -53,7 +53,8 @@ def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -
     cfg, backbone, model, encoder, before, result = trained(cfg, catalogue, sets, method)
     assert result.steps > 0 and all(np.isfinite(e.train_loss) for e in result.epochs[1:])
     best = result.epochs[result.best_epoch]
-    assert result.best_val_metric == best.val_metric == max(e.val_metric for e in result.epochs if e.phase == best.phase)
+    best_of_phase = max(e.val_metric for e in result.epochs if e.phase == best.phase)
+    assert result.best_val_metric == best.val_metric == best_of_phase
     adapters = {n for n in before if "proj" not in n and "users" not in n and "log_scale" not in n}
     assert adapters, "the method added no trainable backbone weights"
     assert [e.phase for e in result.epochs][:2] == ["init", "probe"]
