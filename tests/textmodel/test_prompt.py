@@ -163,8 +163,9 @@ def test_the_old_join_is_kept_when_there_is_no_prompt(tiny_tokenizer) -> None:
     assert tokens.lengths.tolist() == [7, 32]
 
 
-def _save(folder: Path, tiny_data, edit) -> Path:
-    """An (untrained) tiny text model saved with its config edited by ``edit(config dict)``."""
+def _save(folder: Path, tiny_data, edit, before_versioning: bool = False) -> Path:
+    """An (untrained) tiny text model saved with its config edited by ``edit(config dict)`` (and, like a model
+    saved before the definition was versioned, no ``config_version``)."""
     cfg = tiny_data[0]
     backbone = load_backbone(cfg.textmodel.backbone, cfg.textmodel.cache_dir)
     model = build_text_model_only(cfg.textmodel, backbone, torch.device("cpu"))
@@ -172,12 +173,14 @@ def _save(folder: Path, tiny_data, edit) -> Path:
     save_text_model(folder, model, cfg.textmodel, backbone.identity, table, {"history_cap": 8})
     meta = json.loads((folder / META_FILE).read_text())
     edit(meta["config"])
+    if before_versioning:
+        del meta["config_version"]
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
 
 
 def test_a_model_saved_before_prompts_loads_with_the_old_text(tiny_data, tmp_path: Path) -> None:
-    folder = _save(tmp_path / "old", tiny_data, lambda c: c.pop("prompt"))
+    folder = _save(tmp_path / "old", tiny_data, lambda c: c.pop("prompt"), before_versioning=True)
     scorer = TextScorer(
         load_text_model(folder, tiny_data[0].textmodel.cache_dir, torch.device("cpu")), torch.device("cpu")
     )
