@@ -5,7 +5,7 @@
 
 same-config (default): a features-only champion (``ranker.seed`` 0) and N challengers that differ from it only
     by ``ranker.seed`` (1..N), each registered in a scratch registry; every challenger is compared with the
-    champion by the gate's own code (:func:`offline.registry.compare_versions`) on the full test split and on the
+    champion by the gate's own code (:func:`offline.gate.compare_versions`) on the full test split and on the
     last ``--small-fraction`` of the time range (the size of a replay day), and judged by both rules. A gate
     that tells signal from noise promotes at most one of them.
 better (``--better``): the combined ranker (features + interest score) against a features-only champion of the
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from conf import load_config  # noqa: E402
 from features.split import TimeSplit, read_split, write_split  # noqa: E402
 from offline import registry  # noqa: E402
-from offline.gate import INSUFFICIENT, PROMOTED, REFUSED  # noqa: E402
+from offline.gate import INSUFFICIENT, PROMOTED, REFUSED, compare_versions, gate_rule  # noqa: E402
 from offline.ranker_stage import RankerRun, train_ranker  # noqa: E402
 from offline.textmodel_stage import model_dir  # noqa: E402
 from offline.tracking import setup  # noqa: E402
@@ -53,8 +53,8 @@ def old_rule(gain, margin: float) -> bool:
 
 
 def judge(cfg, client, challenger: str, champion: str) -> dict:
-    rule = registry.gate_rule(cfg)
-    gain, impressions, _ = registry.compare_versions(cfg, client, challenger, champion)
+    rule = gate_rule(cfg)
+    gain, impressions, _ = compare_versions(cfg, client, challenger, champion)
     verdict, reason = rule.judge(gain, impressions)
     return {
         "challenger": challenger,
@@ -143,7 +143,7 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     record = {
         "data": str(args.data),
-        "rule": registry.gate_rule(cfg).describe(),
+        "rule": gate_rule(cfg).describe(),
         "old_rule": f"point gain >= {cfg.mlflow.promotion_margin:g}",
         "seconds": time.perf_counter() - started,
         **result,

@@ -25,9 +25,8 @@ import polars as pl
 
 from conf import Config
 from features import read_manifest
-from offline.gate import PROMOTED, GateRule
+from offline.gate import PROMOTED, compare_versions, gate_rule
 from offline.tracking import git_commit, setup
-from ranker.compare import Interval
 from ranker.loading import TEXTMODEL_TAG, ModelPairError, ranker_name, textmodel_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -283,68 +282,6 @@ def _set_champion(client, name: str, version: str, keep: int) -> None:
     history = _history(client, name)
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version][-keep:]))
-
-
-def evaluate_version(cfg: Config, client, version: str, rows: pl.DataFrame, source, truth: pl.DataFrame):
-    """Per-impression test metrics of one ranker version: its scoring bundle (the method the API and batch
-    scoring call) over the point-in-time rows, with its own pinned text model (table only: no backbone)."""
-    import torch
-
-    from ranker.evaluate import per_impression_metrics
-    from ranker.loading import load_pipeline_version
-
-    bundle = load_pipeline_version(
-        client,
-        cfg.mlflow.model_prefix,
-        version,
-        Path(cfg.data.dir),
-        Path(cfg.textmodel.cache_dir),
-        torch.device("cpu"),
-        table_only=True,
-    )
-    return per_impression_metrics(truth, bundle.score_rows(rows, source, num_threads=0))
-
-
-def compare_versions(
-    cfg: Config, client, challenger: str, champion: str
-) -> tuple[Interval, int, dict[str, dict[str, float]]]:
-    """Both ranker versions on the same test impressions (point-in-time rows, each version's own scoring bundle):
-    the paired 95% bootstrap interval of the challenger's gain on ``mlflow.promotion_metric``, the impressions
-    where that metric is defined, and each version's metrics (with its impression count)."""
-    from features import FeatureSpec, read_items, serving_unknown_columns
-    from offline.ranker_stage import load_ranking_frame, point_in_time, scoring_rows
-    from ranker.compare import paired_bootstrap
-    from ranker.frame import RankerInputs, split_rows
-    from ranker.metrics import METRIC_NAMES, summarize
-
-    metric = cfg.mlflow.promotion_metric
-    spec = FeatureSpec.from_config(cfg)
-    base_inputs = RankerInputs.build(
-        spec,
-        cfg.ranker.model_copy(update={"use_text": False}),
-        read_items(cfg.data.dir).collect(),
-        serving_unknown=serving_unknown_columns(cfg.data.dir),
-    )
-    frame = split_rows(load_ranking_frame(cfg, base_inputs), "test")  # features.parquet, read once for both
-    source, rows = point_in_time(cfg, frame, spec), scoring_rows(frame)
-    per = {v: evaluate_version(cfg, client, v, rows, source, frame) for v in (challenger, champion)}
-    points = {v: summarize(p) for v, p in per.items()}  # one pass per version; keep the metrics, not the counts
-    # The metrics and how many test impressions they stand on (a gate on one day of data says so).
-    summary = {v: {**{m: p[m] for m in METRIC_NAMES}, "impressions": p["impressions"]} for v, p in points.items()}
-    _, gains = paired_bootstrap(
-        {"challenger": per[challenger], "champion": per[champion]},
-        metric,
-        cfg.evaluation.bootstrap_samples,
-        cfg.evaluation.seed,
-        baseline="champion",
-    )
-    impressions = int(per[challenger][metric].drop_nulls().drop_nans().len())
-    return gains["challenger"], impressions, summary
-
-
-def gate_rule(cfg: Config) -> GateRule:
-    m = cfg.mlflow
-    return GateRule(m.promotion_metric, m.promotion_margin, m.promotion_max_interval)
 
 
 def promote(cfg: Config, force: bool = False, challenger: str | None = None) -> Decision:

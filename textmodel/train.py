@@ -93,14 +93,6 @@ class ClickTrainer:
 
     # The objective's scalars and measures, under the names callers use.
     @property
-    def val_metric(self) -> ValMetric:
-        return self.objective.val_metric
-
-    @val_metric.setter
-    def val_metric(self, metric: ValMetric) -> None:
-        self.objective.val_metric = metric
-
-    @property
     def bias(self) -> nn.Parameter:
         return self.objective.bias
 
@@ -111,9 +103,6 @@ class ClickTrainer:
     def loss(self, batch: Batch, memory: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (:meth:`ClickObjective.loss`)."""
         return self.objective.loss(batch, memory, pooled)
-
-    def evaluate(self, data: ImpressionSet, memory: torch.Tensor) -> float:
-        return self.objective.evaluate(data, memory)
 
     def validation_loss(self, data: ImpressionSet, memory: torch.Tensor, chunk: int = 4096) -> float | None:
         return self.objective.validation_loss(data, memory, chunk)
@@ -341,14 +330,10 @@ class ClickTrainer:
             self._resume, self._in_fit = None, False
 
     def _from_scratch(self) -> bool:
-        """``fine_tune_from: scratch`` applies to adapters that follow this run's own probe (not a warm start, not
-        a resumed fine-tuning phase, whose checkpoint holds its weights)."""
-        return (
-            self.cfg.fine_tune_from == "scratch"
-            and not self.frozen
-            and self._init_state is not None
-            and self.probe_state is not None
-        )
+        """``fine_tune_from: scratch`` applies to adapters after this run's own probe (not a warm start, not a
+        resumed fine-tuning phase, whose checkpoint holds its weights)."""
+        own_probe = self._init_state is not None and self.probe_state is not None
+        return self.cfg.fine_tune_from == "scratch" and not self.frozen and own_probe
 
     @property
     def frozen(self) -> bool:
@@ -393,12 +378,10 @@ class ClickTrainer:
         # The probe annealed the towers' rate to zero; restarting them at lr undoes it (docs/fine-tuning.md), so
         # by default (fine_tune_head_lr 0) they stay fixed and only the adapters learn.
         head_lr = cfg.lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
-        if self._from_scratch():
-            # The untrained towers, so adapters and towers learn together from the first (unseen) impression; the
-            # probe's state stays the frozen reference. The run's best starts over with this phase.
+        if self._from_scratch():  # from the untrained towers; the probe's state stays the frozen reference
             head_lr = cfg.head_lr if cfg.fine_tune_head_lr is None else cfg.fine_tune_head_lr
             self.restore(self._init_state)
-            self._best_state, self._memory = self._init_state, None
+            self._best_state, self._memory = self._init_state, None  # the run's best starts over
         towers = {"params": self._head_params() if head_lr > 0 else [], "lr": head_lr}
         if self._memory is None:  # the probe leaves head(pooled), which is encode_all() while adapters are unchanged
             self._memory = self.encoder.encode_all(progress=progress)

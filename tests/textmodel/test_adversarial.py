@@ -116,7 +116,7 @@ def test_fine_tuned_state_is_exported_when_fine_tuning_is_configured(tiny_data) 
     cfg, catalogue, sets = tiny_data
     trainer, _ = _trainer(cfg, catalogue, "none")
     calls = iter([0.5, 0.9, 0.8, 0.6, 0.7, 0.65, 0.6, 0.6, 0.6, 0.6])  # init, probe..., then fine-tune epochs
-    trainer.val_metric = lambda frame: next(calls)
+    trainer.objective.val_metric = lambda frame: next(calls)
     trainer.cfg.probe_epochs, trainer.cfg.epochs, trainer.cfg.patience = 2, 2, 5
     result = trainer.fit(sets["train"], sets["val"], progress=False)
     phases = [e.phase for e in result.epochs]
