@@ -65,7 +65,7 @@ def parent(tiny_data, tmp_path_factory):
     backbone, model, encoder, trainer = build(cfg, catalogue)
     trainer.fit(sets["train"], sets["val"], progress=False)
     memory = encoder.encode_all()
-    val = trainer.evaluate(sets["val"], memory)
+    val = trainer.objective.evaluate(sets["val"], memory)
     extra = {"history_cap": cfg.data.history_cap, "trainer_state": TRAINER_STATE}
     table = embedding_table(catalogue.item_ids, memory)
     folder = save_text_model(
