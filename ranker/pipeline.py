@@ -118,6 +118,17 @@ class RankingPipeline:
         over the requests, one ``booster.predict`` (``num_threads``: 1 for a request, where OpenMP start-up
         dominates; more for a large frame).
         """
+        return predict(self.booster, self.ranking_frame(rows, source, vectors), self.inputs, num_threads)
+
+    def ranking_frame(
+        self,
+        rows: pl.DataFrame,
+        source: FeatureSource | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> pl.DataFrame:
+        """The booster's input rows for ``rows`` (arguments as :meth:`score_rows`): the behavioural features,
+        and the interest score and its rank when the ranker reads them. What :meth:`score_rows` predicts on
+        and what an explanation decomposes."""
         source = source or self.online
         frame = source.features(rows)
         if self.inputs.uses_text:
@@ -128,7 +139,7 @@ class RankingPipeline:
             # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
             frame = frame.hstack([pl.Series("interest_score", interest), rows["request_id"].alias(GROUP)])
             frame = with_interest_rank(frame)
-        return predict(self.booster, frame, self.inputs, num_threads)
+        return frame
 
     def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
         """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,
