@@ -11,7 +11,7 @@ DATA   ?= data/ml100k
 PROFILE ?= conf/demo.yaml
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-ENGINE ?= ray
+ENGINE ?= auto
 
 .PHONY: run serve test lint bench-features bench-serving bench-scoring clean venv
 

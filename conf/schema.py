@@ -522,8 +522,10 @@ class EncoderDeploymentConfig(_Strict):
 class ServingConfig(_Strict):
     """The ranking API (``recrank serve``, ``serve run conf/serve.yaml``)."""
 
-    engine: Literal["ray", "uvicorn"] = Field(
-        description="ray: Ray Serve (scale-out, GPU encoder); uvicorn: the same FastAPI app standalone."
+    engine: Literal["auto", "ray", "uvicorn"] = Field(
+        description="ray: Ray Serve (replicas, a cluster, the GPU encoder deployment); uvicorn: the same FastAPI "
+        "app in one process; auto: ray when it pays (ray.address set, ingress_replicas > 1 or a CUDA GPU "
+        "visible), uvicorn otherwise (one small machine, where Ray Serve's proxy costs most of the CPU)."
     )
     host: str = Field(description="HTTP bind address (loopback unless you mean to expose the API).")
     port: int = Field(ge=0, le=65535, description="HTTP port (0 = any free port).")
@@ -550,7 +552,19 @@ class ServingConfig(_Strict):
         description="polars' thread pool in each Ray ingress replica (POLARS_MAX_THREADS): a request's feature "
         "queries are tiny, and handing them across threads among Ray's own threads cost ~1.5 ms per request.",
     )
-    access_log: bool = Field(description="Log every request (costs CPU on small machines).")
+    access_log: bool = Field(
+        description="One JSON access line per request on stderr (logger recrank.access): request id, route, "
+        "status, latency, candidates, encoded items, cold-start user and the versions that answered; no body."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        description="Level of recrank's other log lines (JSON on stderr, each with its request's id)."
+    )
+    log_user_id: Literal["omit", "hash", "plain"] = Field(
+        description="The user id in access lines (it may be personal data): omit, hash (salted SHA-256 prefix, "
+        "salt from log_salt_env) or plain."
+    )
+    log_salt_env: str = Field(description="Environment variable holding the salt of hashed user ids (keep secret).")
+    metrics: bool = Field(description="Serve Prometheus metrics at GET /metrics on the API's port (both engines).")
     direct_ingress: bool = Field(
         description="Ray Serve's throughput-optimised mode (Ray 2.60, experimental): HAProxy on host:port hands "
         "requests to each ingress replica's own HTTP server, skipping the Python proxy hop. Read when Ray starts: "

@@ -14,6 +14,7 @@ A request is that method on a one-request frame (:meth:`RankingPipeline.score`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +106,7 @@ class RankingPipeline:
         source: FeatureSource | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
         num_threads: int = 1,
+        timings: dict[str, float] | None = None,
     ) -> np.ndarray:
         """Scores of a frame of candidate rows, row for row: the one scoring path of the API, batch scoring,
         evaluation and promotion.
@@ -116,22 +118,33 @@ class RankingPipeline:
 
         One feature gather for the frame, one user-tower pass per distinct history, one interest rank
         over the requests, one ``booster.predict`` (``num_threads``: 1 for a request, where OpenMP start-up
-        dominates; more for a large frame).
+        dominates; more for a large frame). ``timings``, when given, receives the seconds spent in each stage:
+        ``features``, ``text`` (absent without a text model) and ``booster`` (the API's metrics).
         """
-        return predict(self.booster, self.ranking_frame(rows, source, vectors), self.inputs, num_threads)
+        frame = self.ranking_frame(rows, source, vectors, timings)
+        started = time.perf_counter()
+        scores = predict(self.booster, frame, self.inputs, num_threads)
+        if timings is not None:
+            timings["booster"] = time.perf_counter() - started
+        return scores
 
     def ranking_frame(
         self,
         rows: pl.DataFrame,
         source: FeatureSource | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> pl.DataFrame:
         """The booster's input rows for ``rows`` (arguments as :meth:`score_rows`): the behavioural features,
         and the interest score and its rank when the ranker reads them. What :meth:`score_rows` predicts on
         and what an explanation decomposes."""
         source = source or self.online
+        started = time.perf_counter()
         frame = source.features(rows)
+        if timings is not None:
+            timings["features"] = time.perf_counter() - started
         if self.inputs.uses_text:
+            started = time.perf_counter()
             histories, group = source.histories(rows)
             items = rows["item_id"].to_list()
             texts = self._texts_of(rows, vectors or {})
@@ -139,6 +152,8 @@ class RankingPipeline:
             # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
             frame = frame.hstack([pl.Series("interest_score", interest), rows["request_id"].alias(GROUP)])
             frame = with_interest_rank(frame)
+            if timings is not None:
+                timings["text"] = time.perf_counter() - started
         return frame
 
     def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
@@ -200,10 +215,11 @@ class RankingPipeline:
         candidates: Sequence[Candidate],
         at: datetime | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> np.ndarray:
         """Scores of ``candidates`` for ``user_id`` (request order): :meth:`score_rows` on a one-request frame."""
         source = self.online if at is None else self.online.at_time(at)
-        return self.score_rows(self.request_rows(user_id, candidates), source, vectors)
+        return self.score_rows(self.request_rows(user_id, candidates), source, vectors, timings=timings)
 
     def rank(
         self,
@@ -212,9 +228,10 @@ class RankingPipeline:
         k: int | None = None,
         at: datetime | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
-        scores = self.score(user_id, candidates, at, vectors)
+        scores = self.score(user_id, candidates, at, vectors, timings)
         order = np.argsort(-scores, kind="stable")
         ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
         return ranked[:k] if k else ranked

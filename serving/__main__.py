@@ -1,6 +1,6 @@
 """``python -m serving`` (what ``recrank serve`` runs): host the ranking API until Ctrl-C.
 
-python -m serving --config conf/demo.yaml [--engine ray|uvicorn] [--host H] [--port P] [key.sub=value ...]
+python -m serving --config conf/demo.yaml [--engine auto|ray|uvicorn] [--host H] [--port P] [key.sub=value ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recrank serve", description="Serve the ranking API.")
     parser.add_argument("--config", type=Path, default=None, help="profile YAML (merged over conf/default.yaml)")
-    parser.add_argument("--engine", choices=["ray", "uvicorn"], help="serving.engine")
+    parser.add_argument("--engine", choices=["auto", "ray", "uvicorn"], help="serving.engine")
     parser.add_argument("--host", help="serving.host")
     parser.add_argument("--port", type=int, help="serving.port")
     parser.add_argument("--data", type=Path, help="data folder (data.dir)")
@@ -46,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"recrank serve: error: {exc}", file=sys.stderr)
         return 2
-    if cfg.serving.engine == "uvicorn":
+    from serving.hosts import choose_engine
+
+    engine, why = choose_engine(cfg)
+    print(f"engine: {engine} ({why})", flush=True)
+    if engine == "uvicorn":
         from serving.hosts import run_uvicorn
 
         run_uvicorn(cfg)

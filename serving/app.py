@@ -10,7 +10,6 @@ Client mistakes are 4xx with an ``error`` message naming the field; only server 
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (built here at run time).
 
-import logging
 import os
 import secrets
 import time
@@ -29,7 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from conf import ServingConfig
 from features.behaviour import OnlineSnapshot
 from ranker.pipeline import Candidate, RankingRequestError
+from serving.access import ObserveRequests, UserIds, current_request
 from serving.limits import BodySizeLimit, describe_validation_errors
+from serving.metrics import CONTENT_TYPE, ServiceMetrics
 from serving.models import ModelHolder
 from serving.schemas import (
     ErrorBody,
@@ -41,8 +42,6 @@ from serving.schemas import (
     VersionInfo,
     request_model_for,
 )
-
-log = logging.getLogger("recrank.serving")
 
 # (textmodel_version, texts) -> one vector per text
 Encode = Callable[[str, Sequence[str]], Awaitable[Sequence[np.ndarray]]]
@@ -103,16 +102,32 @@ def served_snapshot(holder: ModelHolder) -> SnapshotInfo | None:
     return None if served is None else SnapshotInfo(**served.to_json())
 
 
-def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = None) -> FastAPI:
-    """The API over ``holder``'s current pipeline. The bearer token is read from ``cfg.auth_token_env`` now."""
+def build_app(
+    cfg: ServingConfig,
+    holder: ModelHolder,
+    encode: Encode | None = None,
+    *,
+    replica: str | None = None,
+    echo_request_id: bool = True,
+) -> FastAPI:
+    """The API over ``holder``'s current pipeline. The bearer token (``cfg.auth_token_env``) and the log salt
+    (``cfg.log_salt_env``) are read from the environment now.
+
+    ``replica``: a label that keeps this app's metric series apart from its siblings' behind one port (Ray
+    Serve replicas); ``echo_request_id``: return ``X-Request-ID`` (off where a proxy in front already does).
+    """
     token = os.environ.get(cfg.auth_token_env) or None
+    user_ids = UserIds(cfg.log_user_id, os.environ.get(cfg.log_salt_env, ""))
     request_model = request_model_for(cfg)
     app = FastAPI(
         title="recrank",
         version=_package_version(),
         description="Ranks a product page's candidate items for one user.",
     )
+    metrics = ServiceMetrics(holder, replica) if cfg.metrics else None
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    # Added last, so outermost: every answer (401, 413, 422 included) is counted, logged and carries its id.
+    app.add_middleware(ObserveRequests, metrics=metrics, log_access=cfg.access_log, echo_request_id=echo_request_id)
     authorised = [Depends(auth_dependency(token))]
 
     @app.exception_handler(RequestValidationError)
@@ -126,11 +141,6 @@ def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = N
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def server_fault(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal error")
 
     @app.get("/healthz", response_model=Health, summary="The process is up")
     async def healthz() -> Health:
@@ -177,22 +187,55 @@ def build_app(cfg: ServingConfig, holder: ModelHolder, encode: Encode | None = N
             raise HTTPException(503, "models are not loaded yet")
         candidates = [Candidate(c) if isinstance(c, str) else Candidate(**c.model_dump()) for c in body.candidates]
         texts = pipeline.texts_needed(candidates)  # RankingRequestError (422) for unknown items without text
+        stages: dict[str, float] = {}
         if texts and encode is not None:
+            encoding = time.perf_counter()
             vectors = await encode(pipeline.versions["textmodel"], list(texts.values()))
-            ranked = pipeline.rank(body.user_id, candidates, body.k, vectors=dict(zip(texts, vectors, strict=True)))
+            encoding = time.perf_counter() - encoding
+            ranked = pipeline.rank(
+                body.user_id, candidates, body.k, vectors=dict(zip(texts, vectors, strict=True)), timings=stages
+            )
+            stages["text"] = stages.get("text", 0.0) + encoding  # the encoder deployment's part of the text stage
         elif texts:  # in-process encoding takes long: keep the event loop free for other requests
-            ranked = await run_in_threadpool(pipeline.rank, body.user_id, candidates, body.k)
+            ranked = await run_in_threadpool(pipeline.rank, body.user_id, candidates, body.k, timings=stages)
         else:  # ~ms of CPU: cheaper inline than a thread hop
-            ranked = pipeline.rank(body.user_id, candidates, body.k)
+            ranked = pipeline.rank(body.user_id, candidates, body.k, timings=stages)
         # Time in the pipeline (features, text model, booster), apart from HTTP and the host's routing.
         response.headers["Server-Timing"] = f"rank;dur={(time.perf_counter() - started) * 1e3:.2f}"
+        cold = not pipeline.knows_user(body.user_id)
+        if metrics is not None:
+            metrics.ranking(len(candidates), len(texts), cold, stages)
+        info = current_request()
+        if info is not None:  # the access line's part of this ranking: no ids but the (hashed) user's
+            user = user_ids(body.user_id)
+            info.fields.update(
+                {
+                    **({"user": user} if user is not None else {}),
+                    "candidates": len(candidates),
+                    "k": body.k,
+                    "encoded_items": len(texts),
+                    "cold_start_user": cold,
+                    "versions": pipeline.versions,
+                }
+            )
         return RankResponse(
             user_id=body.user_id,
             items=[RankedItem(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(ranked, start=1)],
-            cold_start_user=not pipeline.knows_user(body.user_id),
+            cold_start_user=cold,
             encoded_items=len(texts),
             versions=dict(pipeline.versions),
         )
+
+    if metrics is not None:
+
+        @app.get(
+            "/metrics",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."}},
+            summary="Prometheus metrics",
+        )
+        async def prometheus() -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.state.holder = holder
     return app

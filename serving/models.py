@@ -71,6 +71,8 @@ class ModelState:
     snapshot: ServedSnapshot | None = None
     snapshot_check: str | None = None
     snapshot_error: str | None = None
+    loads: dict[str, int] = dataclasses.field(default_factory=lambda: {"ok": 0, "failed": 0})  # model pairs
+    snapshot_swaps: dict[str, int] = dataclasses.field(default_factory=lambda: {"ok": 0, "failed": 0})
 
 
 @dataclass(frozen=True)
@@ -168,11 +170,13 @@ class ModelHolder:
                 pipeline = self._load(version)
             except Exception as exc:  # a bad registry state must not take the server down
                 self.state.reload_error = f"{type(exc).__name__}: {exc}"
+                self.state.loads["failed"] += 1
                 log.error(
                     "model load failed; %s", "keeping the served pair" if self.ready else "not ready", exc_info=exc
                 )
                 return False
             self._serve(pipeline)
+            self.state.loads["ok"] += 1
             self.state.loaded_at = _now()
             self.state.reload_error = None
             self.state.snapshot_error = None  # the new pair read the current snapshot and passed its check
@@ -205,11 +209,13 @@ class ModelHolder:
                 self._snapshot_failed(exc)
                 return False
             self._serve(new)
+            self.state.snapshot_swaps["ok"] += 1
             self.state.snapshot_error = None
             log.warning("serving snapshot %s (as of %s)", wanted, snapshot.as_of.isoformat())
             return True
 
     def _snapshot_failed(self, exc: Exception) -> None:
+        self.state.snapshot_swaps["failed"] += 1
         error = f"{type(exc).__name__}: {exc}"
         if error != self.state.snapshot_error:  # once per distinct failure, not at every poll
             log.error("snapshot load failed; keeping snapshot %s", self.state.versions.get("snapshot"), exc_info=exc)

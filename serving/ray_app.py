@@ -6,7 +6,8 @@
 - ``TextEncoder`` encodes items missing from the embedding table, batched by total items across
   requests (``@serve.batch`` with a size function), on a GPU when one exists.
 
-``serve run conf/serve.yaml`` imports :func:`app_builder`; ``recrank serve`` calls :func:`run_ray`.
+``serve run conf/serve.yaml`` imports :func:`app_builder`; ``recrank serve`` (``serving.__main__``) calls
+:func:`start_serve` and :func:`deploy`.
 """
 
 from __future__ import annotations
@@ -89,10 +90,14 @@ class RankIngress:
     """The API; its ``encode`` sends unseen items to the encoder deployment in chunks of one batch at most."""
 
     def __init__(self, cfg: dict[str, Any], encoder: Any) -> None:
+        from serving.access import configure_logging
         from serving.hosts import start_holder
 
         self.cfg = Config.model_validate(cfg)
+        s = self.cfg.serving
+        configure_logging(s.log_level, s.access_log)
         self.encoder = encoder
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.holder = start_holder(self.cfg, encoder_elsewhere=True)  # table + user tower: no backbone here
 
     async def encode(self, version: str, texts: Sequence[str]) -> list[np.ndarray]:
@@ -104,7 +109,8 @@ class RankIngress:
     def __serve_build_asgi_app__(self):
         from serving.app import build_app
 
-        return build_app(self.cfg.serving, self.holder, self.encode)
+        # Serve's proxy (or HAProxy) forwards the client's X-Request-ID, or one it made, and returns it itself.
+        return build_app(self.cfg.serving, self.holder, self.encode, replica=self.replica, echo_request_id=False)
 
     def __del__(self) -> None:
         holder = getattr(self, "holder", None)
@@ -158,7 +164,8 @@ def start_serve(cfg: Config, *, address: str | None = None) -> bool:
     started = start_ray(cfg.ray, address=address)
     serve.start(
         http_options={"host": cfg.serving.host, "port": cfg.serving.port},
-        logging_config={"log_level": "WARNING", "enable_access_log": cfg.serving.access_log},
+        # Serve's own access lines stay off: the app writes one JSON line per request itself (serving.access_log).
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
     )
     return started
 
