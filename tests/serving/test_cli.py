@@ -63,6 +63,40 @@ def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, t
     assert f"curl -s http://127.0.0.1:{port}/rank" in out  # the ready example
 
 
+def test_recrank_serve_auto_picks_uvicorn_here_and_logs_json(served_world: Config, tmp_path: Path) -> None:
+    """On a machine without a GPU, one replica and no cluster, ``auto`` hosts with uvicorn; each request
+    leaves one JSON access line carrying its id."""
+    import json
+
+    proc, port = start_serve(served_world, tmp_path, "auto")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 120 s"
+            time.sleep(0.3)
+        snapshot = read_snapshot(served_world.data.dir)
+        items = snapshot.items["item_id"].head(3).to_list()
+        r = httpx.post(f"{url}/rank", json={"user_id": "someone", "candidates": items}, headers={"X-Request-ID": "q-9"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "q-9"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "engine: uvicorn (auto: one machine" in out
+    access = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"recrank.access"' in line]
+    ranked = [a for a in access if a.get("request_id") == "q-9"]
+    assert len(ranked) == 1 and ranked[0]["route"] == "/rank" and ranked[0]["candidates"] == 3
+    assert "someone" not in out  # no user id in the logs by default
+
+
 def test_recrank_serve_ray_direct_ingress_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
     """Ray Serve's throughput-optimised mode: HAProxy on the port, each replica's own HTTP server behind it."""
     proc, port = start_serve(served_world, tmp_path, "ray", "serving.direct_ingress=true")
@@ -78,9 +112,13 @@ def test_recrank_serve_ray_direct_ingress_ranks_and_stops_on_ctrl_c(served_world
             time.sleep(0.5)
         snapshot = read_snapshot(served_world.data.dir)
         user, items = snapshot.users["user_id"][0], snapshot.items["item_id"].head(3).to_list()
-        ranked = httpx.post(f"{url}/rank", json={"user_id": user, "candidates": items}, timeout=10)
+        ranked = httpx.post(
+            f"{url}/rank", json={"user_id": user, "candidates": items}, headers={"X-Request-ID": "di-1"}, timeout=10
+        )
         assert ranked.status_code == 200, ranked.text
         assert sorted(i["item_id"] for i in ranked.json()["items"]) == sorted(items)
+        assert ranked.headers.get_list("x-request-id") == ["di-1"]  # HAProxy and the replica: one id, the client's
+        assert "recrank_http_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
         bad = httpx.post(f"{url}/rank", json={"user_id": user, "candidates": []}, timeout=10)
         assert bad.status_code == 422, bad.text
         proc.send_signal(signal.SIGINT)

@@ -85,6 +85,25 @@ def test_client_mistakes_are_4xx_under_ray_serve(served) -> None:
         assert http.get("/readyz").status_code == 200  # nothing above hurt the replica
 
 
+def test_request_ids_and_metrics_under_ray_serve(served, holder: ModelHolder) -> None:
+    """The proxy's request id is the app's (one header, the client's when given); /metrics is the replica's."""
+    url, _ = served
+    snap = holder.current.snapshot
+    items = snap.items["item_id"].head(4).to_list()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        sent = http.post("/rank", json={"user_id": "u", "candidates": items}, headers={"X-Request-ID": "ray-1"})
+        made = http.post("/rank", json={"user_id": "u", "candidates": items})
+        scrape = http.get("/metrics")
+    assert sent.headers.get_list("x-request-id") == ["ray-1"]
+    assert len(made.headers.get_list("x-request-id")) == 1 and made.headers["x-request-id"]
+    assert scrape.status_code == 200
+    lines = [line for line in scrape.text.splitlines() if line.startswith("recrank_http_requests_total{")]
+    rank_ok = [line for line in lines if 'route="/rank"' in line and 'status="200"' in line]
+    assert len(rank_ok) == 1 and 'replica="' in rank_ok[0]  # one replica here; its series carry its id
+    assert float(rank_ok[0].rsplit(" ", 1)[1]) >= 2
+    assert 'recrank_served_model_info{alias="champion"' in scrape.text
+
+
 def test_ray_listens_on_loopback_only(served) -> None:
     """Every listening socket of this test's Ray processes is on loopback, except the inter-deployment
     gRPC port that Ray 2.60 hard-codes to [::]:0 in each Serve replica (no setting exists; README)."""
