@@ -39,6 +39,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/features.py or bench/textmodel.py
 from bench.loadgen import LoadResult, closed_loop, open_loop  # noqa: E402
+from serving.client import rank_body  # noqa: E402
 
 RAY_DEFAULTS = [  # what a plain Ray Serve deployment gets
     "serving.access_log=true",
@@ -129,7 +130,7 @@ def request_bodies(args, n: int = 300, candidates: int = 100, unknown: float = 0
             {"item_id": f"new-{seed}-{r}-{k}", "title": " ".join(rng.sample(words, 3)).title() + f" ({1990 + k})"}
             for k in range(n_new)
         ]
-        bodies.append(json.dumps({"user_id": rng.choice(users), "candidates": cands}).encode())
+        bodies.append(json.dumps(rank_body(rng.choice(users), cands)).encode())
     return bodies
 
 

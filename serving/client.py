@@ -70,10 +70,8 @@ class RankClient:
     ) -> RankResponse:
         """Rank ``candidates`` (item ids, or ``{"item_id": ..., "title": ...}`` for items the text model must
         encode) for ``user_id``; the top ``k`` when given."""
-        body: dict[str, Any] = {"user_id": user_id, "candidates": list(candidates)}
-        if k is not None:
-            body["k"] = k
         headers = {"X-Request-ID": request_id} if request_id else None
+        body = rank_body(user_id, candidates, k)
         return RankResponse.model_validate(self._call("POST", "/rank", json=body, headers=headers).json())
 
     def health(self) -> bool:
@@ -106,6 +104,14 @@ class RankClient:
                     raise _error(response)
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def rank_body(user_id: str, candidates: Sequence[str | dict[str, Any]], k: int | None = None) -> dict[str, Any]:
+    """The JSON body of ``POST /rank`` (what :meth:`RankClient.rank` sends; load generators send it as bytes)."""
+    body: dict[str, Any] = {"user_id": user_id, "candidates": list(candidates)}
+    if k is not None:
+        body["k"] = k
+    return body
 
 
 def _error(response: httpx.Response) -> ApiError:

@@ -1,0 +1,200 @@
+"""Benchmark: the out-of-the-box server's rate, and what metrics, request ids and access logs cost.
+
+    python bench/api.py [--data data/ml100k] [--config conf/demo.yaml] [--parts default,observability]
+                        [--rate 100] [--seconds 60] [--ab-rate 50] [--ab-seconds 10] [--ab-rounds 3]
+
+Needs a data folder with a registered champion (``make run`` makes one). Servers run as their own processes
+on free loopback ports; the open-loop load client (``bench/loadgen.py``: latency counted from each request's
+scheduled time) runs here, on the same machine. Requests: 100 catalogue items (cached by the text model) for
+random snapshot users, built with :func:`serving.client.rank_body`.
+
+- default: ``recrank serve --config CONFIG data.dir=DATA`` with no other flag (the engine ``auto`` picks,
+  access lines and metrics on, the registry polled), a 10 s warm-up, then ``--rate`` req/s for ``--seconds``;
+  goals: 0 failed, p99 <= 50 ms. The ``Server-Timing`` of the answered requests gives the ranking's own time.
+- observability: two uvicorn servers of the same app, side by side: "on" (the defaults: request ids, metrics,
+  JSON access lines) and "off" (``serving.metrics=false serving.access_log=false`` and the request-id
+  middleware removed), loaded in alternating ``--ab-seconds`` segments at ``--ab-rate`` req/s; goal: the
+  median over rounds of p50(on) / p50(off) <= 1.05.
+
+Prints a table and writes ``bench/results/api.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.loadgen import open_loop  # noqa: E402
+from bench.serving import free_port  # noqa: E402
+from serving.client import rank_body  # noqa: E402
+
+
+def bodies_for(data: Path, n: int = 400, candidates: int = 100, seed: int = 0) -> list[bytes]:
+    import polars as pl
+
+    from features.store import snapshot_dir
+
+    users = pl.read_parquet(snapshot_dir(data) / "online_user.parquet")["user_id"].to_list()
+    items = pl.read_parquet(snapshot_dir(data) / "online_item.parquet")["item_id"].to_list()
+    rng = random.Random(seed)
+    return [json.dumps(rank_body(rng.choice(users), rng.sample(items, candidates))).encode() for _ in range(n)]
+
+
+class Process:
+    """A server process in its own group, ready once ``/readyz`` answers 200; stopped with SIGINT."""
+
+    def __init__(self, name: str, cmd: list[str]) -> None:
+        self.port = int(cmd[cmd.index("--port") + 1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        self.log_path = ROOT / "bench" / "results" / f"api-{name}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} server did not become ready; see {self.log_path}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=90)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def default_server(args) -> dict:
+    cmd = [sys.executable, "-m", "offline.cli", "serve", "--config", str(args.config), "--port", str(free_port()),
+           f"data.dir={args.data}"]  # fmt: skip
+    server = Process("default", cmd)
+    try:
+        bodies = bodies_for(args.data)
+        open_loop(f"{server.url}/rank", args.rate, 10, bodies)  # warm-up
+        res = open_loop(f"{server.url}/rank", args.rate, args.seconds, bodies[::-1])
+    finally:
+        server.stop()
+    engine = next(
+        (line.strip() for line in server.log_path.read_text().splitlines() if line.startswith("engine:")), "?"
+    )
+    out = {"engine": engine, **res.to_json()}
+    out["goal"] = {"zero_failed": res.errors == 0, "p99_le_50ms": res.p99_ms <= 50.0}
+    return out
+
+
+def observability(args) -> dict:
+    port_on, port_off = free_port(), free_port()
+    common = ["--config", str(args.config), f"data.dir={args.data}", "serving.reload_interval_s=0"]
+    on = Process("on", [sys.executable, "-m", "serving", "--engine", "uvicorn", "--port", str(port_on), *common])
+    try:
+        off = Process("off", [sys.executable, str(Path(__file__)), "--plain-server", "--port", str(port_off), *common])
+    except Exception:
+        on.stop()
+        raise
+    rounds = []
+    try:
+        bodies = bodies_for(args.data)
+        for server in (on, off):
+            open_loop(f"{server.url}/rank", args.ab_rate, 5, bodies)  # warm-up
+        for r in range(args.ab_rounds):
+            pair = {}
+            order = (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))
+            for name, server in order:
+                res = open_loop(f"{server.url}/rank", args.ab_rate, args.ab_seconds, bodies)
+                pair[name] = res.to_json()
+            pair["p50_ratio"] = pair["on"]["p50_ms"] / pair["off"]["p50_ms"]
+            rounds.append(pair)
+            print(f"  round {r + 1}: p50 on {pair['on']['p50_ms']:.2f} ms, off {pair['off']['p50_ms']:.2f} ms, "
+                  f"ratio {pair['p50_ratio']:.3f}", flush=True)  # fmt: skip
+        lines = sum(1 for line in on.log_path.read_text().splitlines() if '"recrank.access"' in line)
+    finally:
+        on.stop()
+        off.stop()
+    ratio = float(np.median([p["p50_ratio"] for p in rounds]))
+    return {"rounds": rounds, "median_p50_ratio": ratio, "access_lines_written": lines, "goal_le_1_05": ratio <= 1.05}
+
+
+def plain_server(argv: list[str]) -> None:
+    """The "off" server: the API with metrics and access lines off and the request-id middleware removed."""
+    import torch
+    import uvicorn
+
+    from conf import load_config
+    from serving.access import ObserveRequests
+    from serving.app import build_app
+    from serving.hosts import start_holder
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--plain-server", action="store_true")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--config")
+    parser.add_argument("overrides", nargs="*")
+    a = parser.parse_args(argv)
+    cfg = load_config(a.config, [*a.overrides, "serving.metrics=false", "serving.access_log=false"])
+    torch.set_num_threads(1)  # as serving.hosts.run_uvicorn
+    app = build_app(cfg.serving, start_holder(cfg))
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not ObserveRequests]
+    uvicorn.run(app, host="127.0.0.1", port=a.port, access_log=False, log_level="warning")
+
+
+def main() -> int:
+    if "--plain-server" in sys.argv:
+        plain_server(sys.argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/ml100k"))
+    parser.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
+    parser.add_argument("--parts", default="default,observability")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--ab-rate", type=float, default=50.0)
+    parser.add_argument("--ab-seconds", type=float, default=10.0)
+    parser.add_argument("--ab-rounds", type=int, default=3)
+    parser.add_argument("--out", default="api.json")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    report: dict = {"machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+                    "data": str(args.data), "config": str(args.config),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    if "default" in parts:
+        print(f"--- out-of-the-box server, {args.rate:g} req/s for {args.seconds:g} s", flush=True)
+        d = report["default"] = default_server(args)
+        print(f"{d['engine']}\n  sent {d['sent']}, failed {d['errors']}, p50 {d['p50_ms']:.2f} ms, "
+              f"p99 {d['p99_ms']:.2f} ms, ranking (Server-Timing) p50 {d['app_p50_ms']:.2f} ms; goals {d['goal']}",
+              flush=True)  # fmt: skip
+    if "observability" in parts:
+        print(f"--- metrics + request ids + access lines: on vs off, {args.ab_rate:g} req/s", flush=True)
+        o = report["observability"] = observability(args)
+        print(f"  median p50 ratio on/off {o['median_p50_ratio']:.3f} (goal <= 1.05); "
+              f"{o['access_lines_written']} access lines written", flush=True)  # fmt: skip
+    out = ROOT / "bench" / "results" / args.out
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
