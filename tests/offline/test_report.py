@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import eval_case
@@ -10,6 +11,7 @@ import polars as pl
 import pytest
 
 from offline.report import render_markdown, slice_table, write_report
+from offline.tracking import git_commit
 from ranker.evaluate import EvaluationResult, evaluate_systems
 from ranker.slices import new_item_ids
 
@@ -65,7 +67,10 @@ def test_markdown_shows_main_table_both_gain_tables_and_every_slice(result: Eval
 def test_write_report_writes_the_json_readers_use(result: EvaluationResult, tmp_path: Path) -> None:
     out = write_report(result, tmp_path, "t", {"dataset": "hand"})
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["context"] == {"dataset": "hand"}
+    context = metrics["context"]
+    assert context.pop("git commit") == git_commit()  # where the figures came from, for a results page
+    assert datetime.fromisoformat(context.pop("written")).tzinfo is not None
+    assert context == {"dataset": "hand"}
     assert metrics["intervals"]["ndcg_at_10"]["gain_vs_item_ctr"]["interest_score"]["mean"] == pytest.approx(
         result.systems["interest_score"].metrics["ndcg_at_10"] - result.systems["item_ctr"].metrics["ndcg_at_10"]
     )
