@@ -26,6 +26,7 @@ import polars as pl
 from conf.prompt import TEMPLATE_FIELDS
 from features.behaviour import FeatureSpec, OnlineSnapshot
 from features.sources import FeatureSource, SnapshotFeatures
+from ranker.explain import Explanation, explain_frame
 from ranker.frame import GROUP, RankerInputs, with_interest_rank
 from ranker.lambdarank import predict
 
@@ -156,6 +157,25 @@ class RankingPipeline:
                 timings["text"] = time.perf_counter() - started
         return frame
 
+    def explain_rows(
+        self,
+        rows: pl.DataFrame,
+        top: int,
+        source: FeatureSource | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+        num_threads: int = 1,
+    ) -> tuple[np.ndarray, list[Explanation]]:
+        """:meth:`score_rows`'s scores (the same floats) and one :class:`ranker.explain.Explanation` per row, each
+        with its ``top`` feature contributions (arguments otherwise as :meth:`score_rows`).
+
+        Built on one :meth:`ranking_frame`, the frame :meth:`score_rows` predicts on, so an explanation takes
+        apart the very score the ranking used, not a second computation of it. Units: the ranker's margin.
+        """
+        explanations = explain_frame(
+            self.booster, self.ranking_frame(rows, source, vectors), self.inputs, top, num_threads
+        )
+        return np.array([e.score for e in explanations], dtype=np.float64), explanations
+
     def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
         """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,
         rendered with the text model's saved prompt; the first such item without text is a
@@ -220,6 +240,19 @@ class RankingPipeline:
         """Scores of ``candidates`` for ``user_id`` (request order): :meth:`score_rows` on a one-request frame."""
         source = self.online if at is None else self.online.at_time(at)
         return self.score_rows(self.request_rows(user_id, candidates), source, vectors, timings=timings)
+
+    def explain(
+        self,
+        user_id: str,
+        candidates: Sequence[Candidate],
+        top: int,
+        at: datetime | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[Explanation]]:
+        """:meth:`score`'s scores and one explanation per candidate (request order), its ``top`` contributions:
+        :meth:`explain_rows` on a one-request frame, so a request is explained exactly as it is scored."""
+        source = self.online if at is None else self.online.at_time(at)
+        return self.explain_rows(self.request_rows(user_id, candidates), top, source, vectors)
 
     def rank(
         self,
