@@ -565,6 +565,11 @@ class ServingConfig(_Strict):
     )
     log_salt_env: str = Field(description="Environment variable holding the salt of hashed user ids (keep secret).")
     metrics: bool = Field(description="Serve Prometheus metrics at GET /metrics on the API's port (both engines).")
+    explain_top: int = Field(
+        gt=0,
+        description='Features listed per item when a /rank request asks for explanations ("explain": true); the '
+        "others are summed into 'rest', so the list still adds up to the score.",
+    )
     direct_ingress: bool = Field(
         description="Ray Serve's throughput-optimised mode (Ray 2.60, experimental): HAProxy on host:port hands "
         "requests to each ingress replica's own HTTP server, skipping the Python proxy hop. Read when Ray starts: "

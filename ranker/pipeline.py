@@ -265,6 +265,11 @@ class RankingPipeline:
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
         scores = self.score(user_id, candidates, at, vectors, timings)
-        order = np.argsort(-scores, kind="stable")
-        ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
-        return ranked[:k] if k else ranked
+        return [(candidates[i].item_id, float(scores[i])) for i in ranking_order(scores, k)]
+
+
+def ranking_order(scores: np.ndarray, k: int | None = None) -> list[int]:
+    """Row indices by descending score, ties in request order, the first ``k`` when given: the order of
+    :meth:`RankingPipeline.rank` and of an explained ranking."""
+    order = np.argsort(-scores, kind="stable").tolist()
+    return order[:k] if k else order

@@ -10,6 +10,7 @@ Client mistakes are 4xx with an ``error`` message naming the field; only server 
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (built here at run time).
 
+import functools
 import os
 import secrets
 import time
@@ -27,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conf import ServingConfig
 from features.behaviour import OnlineSnapshot
-from ranker.pipeline import Candidate, RankingRequestError
+from ranker.explain import Explanation
+from ranker.pipeline import Candidate, RankingRequestError, ranking_order
 from serving.access import ObserveRequests, UserIds, current_request
 from serving.limits import BodySizeLimit, describe_validation_errors
 from serving.metrics import CONTENT_TYPE, ServiceMetrics
@@ -35,10 +37,12 @@ from serving.models import ModelHolder
 from serving.schemas import (
     ErrorBody,
     Health,
+    ItemExplanation,
     RankedItem,
     RankResponse,
     Readiness,
     SnapshotInfo,
+    Term,
     VersionInfo,
     request_model_for,
 )
@@ -94,6 +98,14 @@ def curl_example(host: str, port: int, body: dict[str, object], auth: bool) -> s
 
     header = ' -H "Authorization: Bearer $RECRANK_API_TOKEN"' if auth else ""
     return f"curl -s http://{host}:{port}/rank -H 'Content-Type: application/json'{header} -d '{json.dumps(body)}'"
+
+
+def item_explanation(e: Explanation) -> ItemExplanation:
+    """An explanation as the API returns it (the prior as a term of its own)."""
+    terms = [Term(feature=c.feature, value=c.value, contribution=c.contribution) for c in e.contributions]
+    p = e.prior_term
+    prior = None if p is None else Term(feature=p.feature, value=p.value, contribution=p.contribution)
+    return ItemExplanation(base_value=e.base_value, prior=prior, contributions=terms, rest=e.rest)
 
 
 def served_snapshot(holder: ModelHolder) -> SnapshotInfo | None:
@@ -178,6 +190,7 @@ def build_app(
         response_model=RankResponse,
         dependencies=authorised,
         responses=ERRORS,
+        response_model_exclude_none=True,  # no "explanation": null on every item of a plain ranking
         summary="Rank candidates for a user",
     )
     async def rank(body: request_model, response: Response) -> RankResponse:  # type: ignore[valid-type]
@@ -188,7 +201,18 @@ def build_app(
         candidates = [Candidate(c) if isinstance(c, str) else Candidate(**c.model_dump()) for c in body.candidates]
         texts = pipeline.texts_needed(candidates)  # RankingRequestError (422) for unknown items without text
         stages: dict[str, float] = {}
-        if texts and encode is not None:
+        explanations: dict[str, ItemExplanation] = {}
+        if body.explain:  # the same scores, taken apart: TreeSHAP over the same ranking frame
+            vectors = None
+            if texts and encode is not None:
+                encoded = await encode(pipeline.versions["textmodel"], list(texts.values()))
+                vectors = dict(zip(texts, encoded, strict=True))
+            explain = functools.partial(pipeline.explain, body.user_id, candidates, cfg.explain_top, vectors=vectors)
+            scores, why = await run_in_threadpool(explain) if texts and encode is None else explain()
+            order = ranking_order(scores, body.k)
+            ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
+            explanations = {candidates[i].item_id: item_explanation(why[i]) for i in order}
+        elif texts and encode is not None:
             encoding = time.perf_counter()
             vectors = await encode(pipeline.versions["textmodel"], list(texts.values()))
             encoding = time.perf_counter() - encoding
@@ -213,6 +237,7 @@ def build_app(
                     **({"user": user} if user is not None else {}),
                     "candidates": len(candidates),
                     "k": body.k,
+                    "explain": body.explain,
                     "encoded_items": len(texts),
                     "cold_start_user": cold,
                     "versions": pipeline.versions,
@@ -220,7 +245,10 @@ def build_app(
             )
         return RankResponse(
             user_id=body.user_id,
-            items=[RankedItem(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(ranked, start=1)],
+            items=[
+                RankedItem(item_id=i, score=s, rank=r, explanation=explanations.get(i))
+                for r, (i, s) in enumerate(ranked, start=1)
+            ],
             cold_start_user=cold,
             encoded_items=len(texts),
             versions=dict(pipeline.versions),

@@ -67,11 +67,13 @@ class RankClient:
         candidates: Sequence[str | dict[str, Any]],
         k: int | None = None,
         request_id: str | None = None,
+        explain: bool = False,
     ) -> RankResponse:
         """Rank ``candidates`` (item ids, or ``{"item_id": ..., "title": ...}`` for items the text model must
-        encode) for ``user_id``; the top ``k`` when given."""
+        encode) for ``user_id``; the top ``k`` when given. ``request_id`` is sent as ``X-Request-ID`` (the
+        server's logs carry it); ``explain``: each item comes with its ``explanation``."""
         headers = {"X-Request-ID": request_id} if request_id else None
-        body = rank_body(user_id, candidates, k)
+        body = rank_body(user_id, candidates, k, explain)
         return RankResponse.model_validate(self._call("POST", "/rank", json=body, headers=headers).json())
 
     def health(self) -> bool:
@@ -106,11 +108,15 @@ class RankClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def rank_body(user_id: str, candidates: Sequence[str | dict[str, Any]], k: int | None = None) -> dict[str, Any]:
+def rank_body(
+    user_id: str, candidates: Sequence[str | dict[str, Any]], k: int | None = None, explain: bool = False
+) -> dict[str, Any]:
     """The JSON body of ``POST /rank`` (what :meth:`RankClient.rank` sends; load generators send it as bytes)."""
     body: dict[str, Any] = {"user_id": user_id, "candidates": list(candidates)}
     if k is not None:
         body["k"] = k
+    if explain:
+        body["explain"] = True
     return body
 
 

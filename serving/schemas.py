@@ -15,10 +15,34 @@ from conf import ServingConfig
 from conf.prompt import TEMPLATE_FIELDS
 
 
+class Term(BaseModel):
+    feature: str = Field(description="A ranker input (or the prior: 'prior: logit(<column>)').")
+    value: float | str | None = Field(
+        description="The value the ranker read: a number, a category's name, null where missing. For the prior, "
+        "the probability it is the logit of."
+    )
+    contribution: float = Field(description="Its exact share of the score (TreeSHAP; the ranker's margin units).")
+
+
+class ItemExplanation(BaseModel):
+    """Why an item scored what it did: ``base_value + prior.contribution + sum(contributions) + rest == score``."""
+
+    base_value: float = Field(description="The trees' expected value: the same for every item.")
+    prior: Term | None = Field(
+        description="The score the trees start from (logit of the item's smoothed CTR), null for a ranker "
+        "boosted from zero."
+    )
+    contributions: list[Term] = Field(description="The largest contributions by absolute value, largest first.")
+    rest: float = Field(description="The sum of the other features' contributions.")
+
+
 class RankedItem(BaseModel):
     item_id: str
     score: float = Field(description="Ranker score: higher ranks first; comparable within one response.")
     rank: int = Field(description="1 = best.")
+    explanation: ItemExplanation | None = Field(
+        default=None, description='Present only when the request asked for it ("explain": true).'
+    )
 
 
 class RankResponse(BaseModel):
@@ -90,5 +114,13 @@ def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
             ...,
         ),
         k=(Annotated[int | None, Field(ge=1, le=cfg.max_candidates)], None),
+        explain=(
+            bool,
+            Field(
+                default=False,
+                description=f"Return each item's explanation: its top {cfg.explain_top} feature contributions "
+                "(exact TreeSHAP from LightGBM), the base value and the prior, summing to its score.",
+            ),
+        ),
     )
     return request

@@ -53,6 +53,41 @@ def test_rank_scores_equal_the_pipeline(client: TestClient, holder: ModelHolder)
     assert r.headers["server-timing"].startswith("rank;dur=")
 
 
+def test_explanations_add_up_to_the_scores(served_world: Config, holder: ModelHolder) -> None:
+    """``explain: true`` returns the same ranking, and per item terms that sum to its score exactly."""
+    user, items = known(holder, 8)
+    new = {"item_id": "brand-new", "title": "A story about sports and finance", "category": "c1"}
+    body = {"user_id": user, "candidates": [*items, new]}
+    wide = TestClient(build_app(served_world.serving.model_copy(update={"explain_top": 50}), holder))
+    plain = wide.post("/rank", json=body).json()
+    explained = wide.post("/rank", json={**body, "explain": True}).json()
+    assert all("explanation" not in item for item in plain["items"])  # off by default, not even a null
+    assert [(i["item_id"], i["score"]) for i in explained["items"]] == [
+        (i["item_id"], i["score"]) for i in plain["items"]
+    ]
+    features = set(holder.current.inputs.features)
+    for item in explained["items"]:
+        e = item["explanation"]
+        total = e["base_value"] + e["prior"]["contribution"] + sum(t["contribution"] for t in e["contributions"])
+        assert total + e["rest"] == pytest.approx(item["score"], abs=1e-9)
+        assert {t["feature"] for t in e["contributions"]} == features and e["rest"] == 0.0  # all of them listed
+        assert e["prior"]["feature"] == f"prior: logit({holder.current.inputs.base_score})"
+        sizes = [abs(t["contribution"]) for t in e["contributions"]]
+        assert sizes == sorted(sizes, reverse=True)
+    interest = {i["item_id"]: next(t for t in i["explanation"]["contributions"] if t["feature"] == "interest_score")
+                for i in explained["items"]}  # fmt: skip
+    frame = holder.current.ranking_frame(holder.current.request_rows(user, [Candidate(i) for i in items]))
+    assert interest[items[0]]["value"] == frame["interest_score"][0]  # the value the ranker read
+
+    top3 = TestClient(build_app(served_world.serving.model_copy(update={"explain_top": 3}), holder))
+    short = top3.post("/rank", json={**body, "explain": True, "k": 2}).json()["items"]
+    assert len(short) == 2 and all(len(i["explanation"]["contributions"]) == 3 for i in short)
+    for item in short:  # the other features are folded into rest: still the score
+        e = item["explanation"]
+        total = e["base_value"] + e["prior"]["contribution"] + sum(t["contribution"] for t in e["contributions"])
+        assert total + e["rest"] == pytest.approx(item["score"], abs=1e-9)
+
+
 def test_k_and_cold_start_user(client: TestClient, holder: ModelHolder) -> None:
     _, items = known(holder, 6)
     body = client.post("/rank", json={"user_id": "never-seen", "candidates": items, "k": 2}).json()

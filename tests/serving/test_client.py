@@ -59,3 +59,10 @@ def test_the_client_against_a_real_server(served_world: Config, holder: ModelHol
         want = holder.current.rank(user, [Candidate(i) for i in items], 3)
         assert [(i.item_id, i.score) for i in ranked.items] == [(i, s) for i, s in want]
         assert api.version().models == ranked.versions
+        explained = api.rank(user, items, k=3, explain=True, request_id="client-1")
+        assert [(i.item_id, i.score) for i in explained.items] == [(i, s) for i, s in want]
+        for item in explained.items:
+            e = item.explanation
+            parts = e.base_value + e.prior.contribution + sum(t.contribution for t in e.contributions) + e.rest
+            assert parts == pytest.approx(item.score, abs=1e-9)
+            assert len(e.contributions) == served_world.serving.explain_top
