@@ -245,7 +245,7 @@ def test_dockerfile_healthcheck_exposes_and_command_serve_the_app():
     assert str(parsed.config) == "conf/demo.yaml" and (ROOT / parsed.config).is_file()
     overrides = [*parsed.overrides, f"serving.host={parsed.host}", f"data.dir={parsed.data}"]
     served = load_config(ROOT / parsed.config, overrides)
-    assert served.profile == "demo" and served.serving.engine == "ray"
+    assert served.profile == "demo" and served.serving.engine == "auto"  # uvicorn on CPU, Ray Serve with a GPU
     (volumes,) = instructions("VOLUME", final_stage())
     assert exec_form(volumes) == [str(served.data.dir), str(served.textmodel.cache_dir)] == ["/data", "/models"]
     # `--config conf/demo.yaml` is relative to WORKDIR, where the profiles are copied.
