@@ -46,6 +46,24 @@ class RankedItem(BaseModel):
 
 
 class RankResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "196",
+                    "items": [
+                        {"item_id": "302", "score": 0.41, "rank": 1},
+                        {"item_id": "242", "score": 0.12, "rank": 2},
+                        {"item_id": "51", "score": -0.33, "rank": 3},
+                    ],
+                    "cold_start_user": False,
+                    "encoded_items": 0,
+                    "versions": {"ranker": "3", "textmodel": "2", "snapshot": "83083ae19250a3e5"},
+                }
+            ]
+        }
+    )
+
     user_id: str
     items: list[RankedItem] = Field(description="Candidates sorted by score (the top k when k is given).")
     cold_start_user: bool = Field(description="True when the user has no events: scored by the cold-start path.")
@@ -91,6 +109,16 @@ class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong with the request, naming the field.")
 
 
+EXAMPLES = [
+    {"user_id": "196", "candidates": ["242", "302", "377", "51", "346"], "k": 3},
+    {
+        "user_id": "new-visitor",
+        "candidates": ["242", {"item_id": "sku-9", "title": "Desk lamp, brass", "category": "Lighting"}],
+        "explain": True,
+    },
+]
+
+
 def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
     """``RankRequest`` (with its ``CandidateIn`` items) with the configured limits as schema constraints."""
     ident = Annotated[str, StringConstraints(min_length=1, max_length=cfg.max_id_chars)]
@@ -106,7 +134,7 @@ def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
     )
     request = create_model(
         "RankRequest",
-        __config__=strict,
+        __config__=ConfigDict(extra="forbid", str_strip_whitespace=False, json_schema_extra={"examples": EXAMPLES}),
         __doc__="Rank candidates for a user: ids of known items, or objects with text for new items.",
         user_id=(ident, ...),
         candidates=(
