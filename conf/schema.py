@@ -587,6 +587,11 @@ class ScoringConfig(_Strict):
         gt=0, description="Requests per shard: the unit of work, of output files and of resumption after a crash."
     )
     gpus_per_worker: float = Field(ge=0, description="GPUs per actor (0 on CPU machines).")
+    explain: int = Field(
+        ge=0,
+        description="N > 0: every output row also explains its score (base_value, prior, its N largest feature "
+        "contributions as 'explanation', rest; margin units, summing to score); 0 = off, output columns unchanged.",
+    )
 
 
 class ReplayConfig(_Strict):

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--workers", type=int, help="pipeline actors (scoring.workers)")
     score.add_argument("--skip-bad-rows", action="store_true", help="write bad rows to OUTPUT/_rejects.parquet")
+    score.add_argument(
+        "--explain",
+        type=int,
+        metavar="N",
+        help="add each score's explanation: base_value, prior, its N largest contributions, rest (scoring.explain)",
+    )
     _common(score)  # after the positionals: the overrides take what is left
     return parser
 
@@ -162,6 +168,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
             ("model_alias", "scoring.model_alias"),
             ("workers", "scoring.workers"),
             ("address", "ray.address"),
+            ("explain", "scoring.explain"),
         ):
             value = getattr(args, flag)
             if value is not None:

@@ -6,7 +6,8 @@
    alias moving during the job cannot mix models.
 3. Cut the requests (in order of first appearance) into shards of ``scoring.shard_requests`` whole requests;
    reuse the finished parts of an interrupted run of the same job (:mod:`offline.scoring.staging`).
-4. Score the remaining shards on Ray Data (:mod:`offline.scoring.workers`), write each as a part file.
+4. Score the remaining shards on Ray Data (:mod:`offline.scoring.workers`; with ``scoring.explain`` N, also
+   each score's explanation, its N largest contributions), write each as a part file.
 5. Check rows and coverage, write ``_manifest.json`` (and ``_rejects.parquet``), move the folder into place.
 """
 
@@ -138,6 +139,8 @@ def score_batch(
         "shards": len(shard_rows),
         "rows": rows.height,
         "rejects": checked.rejects.height,
+        # parts with and without explanations have other columns: never mixed (absent when off, as before it existed)
+        **({"explain": cfg.scoring.explain} if cfg.scoring.explain else {}),
     }
     stage = staging.staging_dir(output)
     done = staging.open_staging(stage, job, shard_rows)

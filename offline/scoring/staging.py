@@ -22,11 +22,13 @@ from pathlib import Path
 import polars as pl
 
 from features.io import atomic_path, replace_path, write_json_atomic, write_parquet_atomic
+from ranker.explain import EXPLANATION_COLUMNS
 
 JOB_FILE = "_job.json"
 MANIFEST_FILE = "_manifest.json"
 REJECTS_FILE = "_rejects.parquet"
 OUTPUT_COLUMNS = ("request_id", "user_id", "item_id", "score", "rank", "ranker_version", "textmodel_version")
+# and, with ``scoring.explain``, after them: base_value, prior, explanation, rest (ranker.explain)
 NODE_KEY = "recrank.node_id"  # parquet key-value metadata of a part: the Ray node that scored it
 
 
@@ -83,11 +85,13 @@ def drop_if_empty(staging: Path) -> None:
 
 
 def write_part(staging: Path, shard: int, scored: pl.DataFrame, node_id: str | None = None) -> Path:
-    """Write one shard's part; ``node_id`` goes into the file's metadata, so a part keeps its provenance
-    through a resumed job without a column that readers of the output would see."""
+    """Write one shard's part (the output columns, and the explanation's when ``scored`` has them); ``node_id``
+    goes into the file's metadata, so a part keeps its provenance through a resumed job without a column that
+    readers of the output would see."""
     path = part_path(staging, shard)
+    columns = [*OUTPUT_COLUMNS, *(c for c in EXPLANATION_COLUMNS if c in scored.columns)]
     with atomic_path(path) as tmp:
-        scored.select(OUTPUT_COLUMNS).write_parquet(
+        scored.select(columns).write_parquet(
             tmp, compression="zstd", statistics=True, metadata={NODE_KEY: node_id} if node_id else None
         )
     return path

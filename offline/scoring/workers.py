@@ -18,16 +18,20 @@ import pyarrow as pa
 
 from conf import Config
 from offline.scoring.inputs import TEXT_COLUMNS
+from ranker.explain import explanation_columns
 from ranker.pipeline import RankingPipeline
 
 ACTOR_START_TIMEOUT_S = 600  # long enough for an autoscaler (KubeRay) to add a node for the pool
 
 
-def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
+def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame, explain: int = 0) -> pl.DataFrame:
     """Score and rank every request in ``rows`` (whole requests, in input order) with one call of the
     pipeline's batched method (one feature gather, one user-tower pass per user, one ``booster.predict``).
 
     rank 1 is the best candidate of its request; equal scores keep input order (a stable sort).
+    ``explain`` > 0: the same rows through :meth:`RankingPipeline.explain_rows` instead, which gives the same
+    scores and each row's explanation with its ``explain`` largest contributions (the columns of
+    :func:`ranker.explain.explanation_columns`, after the others); 0 leaves the columns as they were.
     """
     rows = rows.sort("_row")
     if "_n" in rows.columns:
@@ -37,12 +41,18 @@ def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame) -> pl.DataFrame:
             bad = split.row(0, named=True)
             raise RuntimeError(f"request {bad['request_id']!r} reached a worker split ({bad['got']} rows)")
     keys = ["request_id", "user_id", "item_id", *(c for c in TEXT_COLUMNS if c in rows.columns)]
-    scores = np.asarray(pipeline.score_rows(rows.select(keys)), dtype=np.float64)
+    explained: list[pl.Series] = []
+    if explain:
+        scores, explanations = pipeline.explain_rows(rows.select(keys), explain)
+        explained = explanation_columns(explanations).get_columns()
+    else:
+        scores = np.asarray(pipeline.score_rows(rows.select(keys)), dtype=np.float64)
     return rows.select("request_id", "user_id", "item_id", "_shard").with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
         pl.Series("rank", ranks_within(rows["request_id"], scores), dtype=pl.Int32),
         pl.lit(pipeline.versions.get("ranker"), dtype=pl.String).alias("ranker_version"),
         pl.lit(pipeline.versions.get("textmodel"), dtype=pl.String).alias("textmodel_version"),
+        *explained,
     )
 
 
@@ -71,7 +81,8 @@ def unpack_shard(data: bytes) -> pl.DataFrame:
 
 
 class PipelineActor:
-    """A Ray Data actor: ``__init__`` loads the pipeline of ranker ``version``; ``__call__`` scores shards."""
+    """A Ray Data actor: ``__init__`` loads the pipeline of ranker ``version``; ``__call__`` scores shards (and
+    explains the scores when ``scoring.explain`` asks)."""
 
     def __init__(self, cfg: Config, version: str) -> None:
         import ray
@@ -79,12 +90,13 @@ class PipelineActor:
         from ranker.loading import load_configured_pipeline
 
         self.pipeline = load_configured_pipeline(cfg, version)  # the same loader as the API
+        self.explain = cfg.scoring.explain
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
         rows = pl.concat([unpack_shard(b) for b in batch.column("rows").to_pylist()])
-        scored = score_rows(self.pipeline, rows)
+        scored = score_rows(self.pipeline, rows, self.explain)
         # Time spent in this actor, spread over the rows: summed by the driver into worker-seconds.
         cost = (time.perf_counter() - start) / max(scored.height, 1)
         return scored.with_columns(

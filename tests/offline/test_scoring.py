@@ -254,6 +254,53 @@ def test_long_input_carries_every_text_field_to_the_pipeline(reference, tmp_path
     }
 
 
+EXPLANATION_SCHEMA = {
+    "base_value": pl.Float64,
+    "prior": pl.Float64,
+    "explanation": pl.List(pl.Struct({"feature": pl.String, "value": pl.String, "contribution": pl.Float64})),
+    "rest": pl.Float64,
+}
+
+
+def explained_total(frame: pl.DataFrame) -> np.ndarray:
+    """base_value + prior + the listed contributions + rest, row for row: what the score should be."""
+    listed = frame["explanation"].list.eval(pl.element().struct.field("contribution")).list.sum()
+    return (frame["base_value"] + frame["prior"] + listed + frame["rest"]).to_numpy()
+
+
+def test_explained_rows_keep_their_scores_and_add_up(reference) -> None:
+    """In process: ``explain`` adds the explanation columns after the others and changes no score or rank."""
+    rows = long_frame(make_requests(reference, 6, 5, seed=4, prefix="E")).with_columns(
+        _row=pl.int_range(pl.len()), _shard=pl.lit(0)
+    )
+    plain, explained = score_rows(reference, rows), score_rows(reference, rows, explain=2)
+    assert explained.columns == [*plain.columns, *EXPLANATION_SCHEMA]
+    assert explained.select(plain.columns).equals(plain)  # the same floats and ranks
+    assert np.abs(explained_total(explained) - explained["score"].to_numpy()).max() <= 1e-9
+    assert explained["explanation"].list.len().to_list() == [2] * rows.height
+
+
+def test_batch_explain_adds_columns_only_when_asked(scored, reference, profile, local_ray, tmp_path) -> None:
+    """``recrank score --explain 3``: the scores of the run without it, plus explanation columns summing to each
+    score; the run without it (the module's job) has the plain output schema."""
+    _, plain_out, _, _ = scored
+    assert dict(pl.read_parquet(plain_out / "part-*.parquet").schema) == OUTPUT_SCHEMA
+    requests = make_requests(reference, 12, 5, seed=5, prefix="X")
+    source = tmp_path / "explain.parquet"
+    list_frame(requests).write_parquet(source)
+    out = tmp_path / "out"
+    assert main(["score", str(source), str(out), "--config", str(profile), "--explain", "3"]) == 0
+    got = pl.read_parquet(out / "part-*.parquet")
+    assert dict(got.schema) == {**OUTPUT_SCHEMA, **EXPLANATION_SCHEMA}
+    assert np.abs(explained_total(got) - got["score"].to_numpy()).max() <= 1e-9
+    assert got["explanation"].list.len().to_list() == [3] * got.height
+    want = expected_scores(reference, long_frame(requests))
+    joined = want.join(got, on=["request_id", "item_id"])
+    assert joined.height == want.height
+    assert np.abs(joined["score"].to_numpy() - joined["want"].to_numpy()).max() <= 1e-12  # as the plain job
+    assert json.loads((out / MANIFEST_FILE).read_text())["job"]["explain"] == 3
+
+
 def test_ranks_break_ties_by_input_order() -> None:
     class Fixed:
         versions: ClassVar[dict[str, str]] = {"ranker": "7"}
