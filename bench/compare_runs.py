@@ -25,8 +25,8 @@ import polars as pl  # noqa: E402
 from conf import load_config  # noqa: E402
 from offline.ranker_stage import load_ranker_run, local_pipeline, point_in_time, scoring_rows  # noqa: E402
 from ranker.compare import paired_bootstrap  # noqa: E402
-from ranker.evaluate import per_impression_metrics  # noqa: E402
 from ranker.frame import split_rows  # noqa: E402
+from ranker.metrics import per_impression_metrics  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 

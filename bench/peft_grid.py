@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conf import Config, load_config  # noqa: E402
-from offline.textmodel_stage import impression_auc, text_inputs  # noqa: E402
+from offline.textmodel_stage import text_inputs  # noqa: E402
 from ranker.compare import paired_bootstrap  # noqa: E402
-from ranker.evaluate import per_impression_metrics, score_metrics  # noqa: E402
+from ranker.metrics import impression_auc, per_impression_metrics, score_metrics  # noqa: E402
 from textmodel.backbone import load_backbone  # noqa: E402
 from textmodel.data import batches, sample_examples, selection_split  # noqa: E402
 from textmodel.model import build_text_model  # noqa: E402

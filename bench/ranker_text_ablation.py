@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not bench/features.py or bench/textmodel.py
 from conf import load_config  # noqa: E402
 from offline.ranker_stage import load_ranker_run  # noqa: E402
-from ranker.evaluate import score_metrics  # noqa: E402
 from ranker.frame import RankerInputs, fit_rows, split_rows  # noqa: E402
-from ranker.lambdarank import fit_ranker, predict  # noqa: E402
+from ranker.lambdarank import predict  # noqa: E402
+from ranker.metrics import score_metrics  # noqa: E402
+from ranker.training import fit_ranker  # noqa: E402
 
 GROUP = "impression_id"
 METRICS = ("auc", "ndcg_at_10")

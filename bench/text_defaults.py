@@ -35,9 +35,9 @@ from conf import load_config  # noqa: E402
 from offline.ranker_stage import FEATURES_ONLY, train_ranker  # noqa: E402
 from offline.textmodel_stage import train_textmodel  # noqa: E402
 from ranker.compare import paired_bootstrap  # noqa: E402
-from ranker.evaluate import per_impression_metrics, score_metrics  # noqa: E402
 from ranker.frame import split_rows  # noqa: E402
 from ranker.lambdarank import predict  # noqa: E402
+from ranker.metrics import per_impression_metrics, score_metrics  # noqa: E402
 from textmodel.encoder import ItemEncoder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -31,8 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from conf import Config, load_config  # noqa: E402
 from features import read_features  # noqa: E402
-from offline.textmodel_stage import impression_auc, text_inputs  # noqa: E402
-from ranker.metrics import per_group_metrics, summarize  # noqa: E402
+from offline.textmodel_stage import text_inputs  # noqa: E402
+from ranker.metrics import (  # noqa: E402
+    impression_auc,
+    per_group_metrics,
+    summarize,
+)
 from textmodel.backbone import load_backbone  # noqa: E402
 from textmodel.data import batches, sample_examples  # noqa: E402
 from textmodel.layers import SplitBackbone  # noqa: E402

@@ -71,8 +71,8 @@ def evaluate_version(cfg: Config, client, version: str, rows, source, truth):
     scoring call) over the point-in-time rows, with its own pinned text model (table only: no backbone)."""
     import torch
 
-    from ranker.evaluate import per_impression_metrics
     from ranker.loading import load_pipeline_version
+    from ranker.metrics import per_impression_metrics
 
     bundle = load_pipeline_version(
         client,

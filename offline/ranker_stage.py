@@ -35,13 +35,15 @@ from features.io import atomic_path
 from features.sources import PointInTimeFeatures
 from offline.report import REPORT_DIR, write_report
 from offline.textmodel_stage import INTEREST_FILE
-from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems, score_metrics
+from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
 from ranker.frame import REPORT_ONLY_TEXT, RankerInputs, fit_rows, ranking_frame, split_rows
 from ranker.freshness import FreshnessResult, Replay, evaluate_freshness
 from ranker.guard import GuardDecision, decide
-from ranker.lambdarank import FitResult, fit_ranker, predict
+from ranker.lambdarank import FitResult, predict
+from ranker.metrics import score_metrics
 from ranker.pipeline import RankingPipeline
 from ranker.slices import new_item_ids
+from ranker.training import fit_ranker
 
 RANKER_DIR = "ranker"
 COMBINED, FEATURES_ONLY = "ranker", "lightgbm_features_only"  # the report's names of the two rankers

@@ -256,7 +256,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from offline.textmodel_stage import impression_auc
+    from ranker.metrics import impression_auc
     from textmodel.backbone import load_backbone
     from textmodel.encoder import ItemEncoder
     from textmodel.model import build_text_model_only

@@ -20,7 +20,7 @@ from conf.runtime import start_ray
 from features import read_features, read_impressions, read_items, read_manifest
 from features.history import impression_histories
 from features.io import write_parquet_atomic
-from ranker.metrics import per_group_metrics, summarize
+from ranker.metrics import impression_auc
 
 if TYPE_CHECKING:  # torch and transformers load only when a text-model command runs
     from textmodel.backbone import BackboneIdentity
@@ -31,11 +31,6 @@ if TYPE_CHECKING:  # torch and transformers load only when a text-model command 
 INTEREST_FILE = "interest.parquet"
 FROZEN_COLUMN = "interest_frozen"  # the frozen-backbone head's score, beside interest_score (report only)
 TEXTMODEL_DIR = "textmodel"
-
-
-def impression_auc(frame: pl.DataFrame) -> float:
-    """Impression-mean AUC of a scored frame (impression_id, clicked, score): the validation metric."""
-    return summarize(per_group_metrics(frame, score="score"))["auc"]
 
 
 def model_dir(cfg: Config) -> Path:

@@ -1,6 +1,6 @@
 """LambdaRank at scale: LightGBM's own data-parallel training (its socket "network mode") on Ray actors.
 
-``ranker.distributed.workers: N > 1`` makes :func:`ranker.lambdarank.fit_ranker` land here. The fit is the
+``ranker.distributed.workers: N > 1`` makes :func:`ranker.training.fit_ranker` land here. The fit is the
 same ``LGBMRanker`` (same params, grid, seed, base margin, early stopping) with ``tree_learner=data``:
 
 * **Sharding** (:func:`assign_workers`): whole impressions go to one worker, so every LightGBM query
@@ -31,7 +31,6 @@ The fit needs Ray to be up (``offline.ranker_stage`` starts it from ``ray`` when
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 import lightgbm as lgb
@@ -39,8 +38,8 @@ import numpy as np
 import polars as pl
 
 from conf import RankerConfig
-from conf.progress import say
-from ranker.frame import GROUP, RankerInputs, RankingFrameError
+from ranker.frame import GROUP, RankerInputs
+from ranker.lambdarank import FitResult, Trial, dataset, estimator_params, fit_model, tune
 
 __all__ = ["DistributedFitError", "assign_workers", "fit_distributed", "shards"]
 
@@ -94,11 +93,7 @@ class _Worker:
         host = ray.util.get_node_ip_address()
         return host, _free_port(host)
 
-    def fit(
-        self, estimator: dict[str, Any], network: dict[str, Any], rounds: int
-    ) -> tuple[str | None, int, float]:
-        from ranker.lambdarank import fit_model
-
+    def fit(self, estimator: dict[str, Any], network: dict[str, Any], rounds: int) -> tuple[str | None, int, float]:
         model = lgb.LGBMRanker(**estimator, **network)
         fit_model(model, self.train, self.val, list(self.feature_names), list(self.categorical), rounds)
         text = model.booster_.model_to_string() if self.rank == 0 else None
@@ -107,71 +102,65 @@ class _Worker:
 
 def fit_distributed(
     train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
-):
-    """:func:`ranker.lambdarank.fit_ranker` over ``cfg.distributed.workers`` Ray actors (see the module doc)."""
+) -> FitResult:
+    """LambdaRank over ``cfg.distributed.workers`` Ray actors, tuned by the same loop as the in-process fit
+    (:func:`ranker.lambdarank.tune`; see the module doc)."""
     import ray
 
-    from ranker.lambdarank import FitResult, _dataset, _grid, estimator_params
-
-    start = time.perf_counter()
     dist = cfg.distributed
     n, threads = dist.workers, dist.threads_per_worker
     if not ray.is_initialized():
-        raise DistributedFitError("ranker.distributed.workers > 1 needs Ray up (conf.runtime.start_ray)")
+        raise DistributedFitError("ranker.distributed.workers > 1 needs Ray up (start_ray)")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < n * threads:
         raise DistributedFitError(
             f"ranker.distributed: {n} workers x {threads} thread(s) need {n * threads} CPUs at once, Ray has {cpus:g}"
         )
-    parts = [_dataset(p, inputs, cfg.max_group_rows) for p in shards(train, n)]
-    val_ref = ray.put(_dataset(val, inputs, cfg.max_group_rows))
+    parts = [dataset(p, inputs, cfg.max_group_rows) for p in shards(train, n)]
+    val_ref = ray.put(dataset(val, inputs, cfg.max_group_rows))
     categorical = [inputs.features.index(c) for c in inputs.categorical]
     actor = ray.remote(num_cpus=threads)(_Worker)
     workers = [
         actor.options(scheduling_strategy="SPREAD").remote(k, parts[k], val_ref, list(inputs.features), categorical)
         for k in range(n)
     ]
-    best: FitResult | None = None
-    trials = []
-    try:
-        for params in _grid(cfg):
-            endpoints = ray.get([w.endpoint.remote() for w in workers], timeout=dist.timeout_s)
-            machines = ",".join(f"{host}:{port}" for host, port in endpoints)
-            estimator = {**estimator_params(params, cfg), "n_jobs": threads}
-            runs = [
-                w.fit.remote(
-                    estimator,
-                    {
-                        "tree_learner": "data",
-                        "num_machines": n,
-                        "machines": machines,
-                        "local_listen_port": port,
-                        "time_out": max(1, dist.timeout_s // 60),
-                        "pre_partition": True,
-                    },
-                    cfg.early_stopping_rounds,
-                )
-                for w, (_, port) in zip(workers, endpoints, strict=True)
-            ]
-            try:
-                results = ray.get(runs, timeout=dist.timeout_s)
-            except ray.exceptions.GetTimeoutError as e:
-                raise DistributedFitError(f"ranker.distributed: fit not done after {dist.timeout_s}s") from e
-            text, best_iteration, score = results[0]
-            if len({(it, round(s, 12)) for _, it, s in results}) != 1:  # the same model everywhere, or a bug
-                raise DistributedFitError(f"ranker.distributed: workers disagree: {[r[1:] for r in results]}")
-            trials.append(
-                {**{k: params[k] for k in cfg.tune}, "best_iteration": best_iteration, "val_ndcg_at_10": score}
+
+    def fit_one(params: dict[str, object]) -> Trial:
+        endpoints = ray.get([w.endpoint.remote() for w in workers], timeout=dist.timeout_s)
+        machines = ",".join(f"{host}:{port}" for host, port in endpoints)
+        estimator = {**estimator_params(params, cfg), "n_jobs": threads}
+        runs = [
+            w.fit.remote(
+                estimator,
+                {
+                    "tree_learner": "data",
+                    "num_machines": n,
+                    "machines": machines,
+                    "local_listen_port": port,
+                    "time_out": max(1, dist.timeout_s // 60),
+                    "pre_partition": True,
+                },
+                cfg.early_stopping_rounds,
             )
-            say(f"ranker trial {len(trials)} ({n} workers): {trials[-1]}, {time.perf_counter() - start:.0f}s", progress)
-            if best is None or score > best.val_ndcg_at_10:
-                booster = lgb.Booster(model_str=text)
-                booster.best_iteration = best_iteration
-                best = FitResult(booster, params, best_iteration, score)
+            for w, (_, port) in zip(workers, endpoints, strict=True)
+        ]
+        try:
+            results = ray.get(runs, timeout=dist.timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise DistributedFitError(f"ranker.distributed: fit not done after {dist.timeout_s}s") from e
+        text, best_iteration, score = results[0]
+        if len({(it, round(s, 12)) for _, it, s in results}) != 1:  # the same model everywhere, or a bug
+            raise DistributedFitError(f"ranker.distributed: workers disagree: {[r[1:] for r in results]}")
+
+        def booster() -> lgb.Booster:
+            b = lgb.Booster(model_str=text)
+            b.best_iteration = best_iteration
+            return b
+
+        return Trial(booster, best_iteration, score)
+
+    try:
+        return tune(cfg, fit_one, progress, label=f" ({n} workers)")
     finally:
         for w in workers:
             ray.kill(w)
-    if best is None:
-        raise RankingFrameError("ranker: empty tuning grid")
-    best.trials, best.seconds = trials, time.perf_counter() - start
-    return best

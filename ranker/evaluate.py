@@ -19,13 +19,12 @@ import polars as pl
 
 from conf import EvaluationConfig
 from ranker.compare import Interval, compare_systems, gain_key
-from ranker.metrics import METRIC_NAMES, auc, per_group_metrics, summarize
+from ranker.metrics import GROUP, METRIC_NAMES, system_metrics, tie_break
 from ranker.slices import NEW_ITEM, SLICES, SliceDef, slice_rows, with_new_item_flag
 
-if TYPE_CHECKING:  # ranker.freshness imports this module (its metrics); the result only names the type
+if TYPE_CHECKING:  # the result only names the type (ranker.freshness runs evaluations of its own)
     from ranker.freshness import FreshnessResult
 
-GROUP, LABEL, TIE = "impression_id", "clicked", "_tie"
 
 # Single-signal baselines over the behavioural features. ``random`` is the floor every system must clear.
 BASELINES: dict[str, pl.Expr] = {
@@ -149,45 +148,6 @@ class EvaluationResult:
         }
 
 
-def tie_break() -> pl.Expr:
-    """The tie-break column every evaluation ranks equal scores by: a fixed hash of the item id.
-
-    Not row order: feature frames are sorted by position, and in ml100k position is the order the user rated
-    in, which would leak into every system that ties (smoothed CTR ties on all items with no history).
-    """
-    return pl.col("item_id").hash(seed=3).alias(TIE)
-
-
-def score_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> dict[str, float]:
-    """Point metrics of one score per row of ``frame`` (one split), with the report's tie-break."""
-    return scored_metrics(frame, scores)[1]
-
-
-def scored_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> tuple[pl.DataFrame, dict[str, float]]:
-    """(per-impression metrics, point metrics) of one score per row of ``frame``, as :func:`evaluate_systems`
-    computes them: what the freshness comparison bootstraps, so its point-in-time row is the report's figure."""
-    return _system_metrics(_with_score(frame, scores), "_score")
-
-
-def per_impression_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
-    """Per-impression metrics of one score per row of ``frame``, with the report's tie-break.
-
-    What promotion compares two model versions on, so a champion's figures there are its report figures.
-    """
-    return per_group_metrics(_with_score(frame, scores), GROUP, LABEL, "_score", tie_break=TIE)
-
-
-def _with_score(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
-    return frame.select(GROUP, LABEL, "item_id").with_columns(pl.Series("_score", scores), tie_break())
-
-
-def _system_metrics(frame: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, float]]:
-    per = per_group_metrics(frame, GROUP, LABEL, score, tie_break=TIE)
-    summary = summarize(per)
-    summary["global_auc"] = auc(frame[LABEL].to_numpy(), frame[score].to_numpy())
-    return per, summary
-
-
 def evaluate_systems(
     frame: pl.DataFrame,
     systems: Mapping[str, pl.Expr],
@@ -219,7 +179,7 @@ def evaluate_systems(
     results: dict[str, SystemResult] = {}
     per_group: dict[str, pl.DataFrame] = {}
     for name in systems:
-        per_group[name], summary = _system_metrics(scored, f"score__{name}")
+        per_group[name], summary = system_metrics(scored, f"score__{name}")
         results[name] = SystemResult(metrics=summary)
     intervals = compare_systems(per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, references=refs)
     out_slices: dict[str, SliceResult] = {}
@@ -258,11 +218,9 @@ def _evaluate_slice(
     metrics: dict[str, dict[str, float]] = {name: {} for name in names}
     if rows.height:
         for name in names:
-            per_group[name], metrics[name] = _system_metrics(rows, f"score__{name}")
+            per_group[name], metrics[name] = system_metrics(rows, f"score__{name}")
     intervals = (
-        compare_systems(per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, references=refs)
-        if per_group
-        else {}
+        compare_systems(per_group, METRIC_NAMES, cfg.bootstrap_samples, cfg.seed, references=refs) if per_group else {}
     )
     any_per = next(iter(per_group.values()), None)
     result = SliceResult(

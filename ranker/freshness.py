@@ -31,8 +31,7 @@ from features.behaviour import FeatureSpec, OnlineSnapshot, build_snapshot
 from features.history import histories
 from features.sources import FeatureSource, SnapshotFeatures
 from ranker.compare import Interval, compare_systems, gain_key
-from ranker.evaluate import scored_metrics
-from ranker.metrics import METRIC_NAMES
+from ranker.metrics import METRIC_NAMES, scored_metrics
 from ranker.pipeline import RankingPipeline
 
 REFERENCE = "point_in_time"

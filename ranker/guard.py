@@ -18,7 +18,7 @@ import polars as pl
 
 from conf import GuardConfig
 from ranker.compare import Interval, paired_bootstrap
-from ranker.evaluate import per_impression_metrics
+from ranker.metrics import per_impression_metrics
 
 
 @dataclass(frozen=True)

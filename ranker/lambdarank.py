@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -21,7 +22,7 @@ import polars as pl
 
 from conf import RankerConfig
 from conf.progress import say
-from ranker.frame import LABEL, RankerInputs, base_margin, groups, model_matrix
+from ranker.frame import LABEL, RankerInputs, RankingFrameError, base_margin, groups, model_matrix
 
 EVAL_AT = (5, 10)
 
@@ -36,7 +37,7 @@ class FitResult:
     seconds: float = 0.0
 
 
-def _grid(cfg: RankerConfig) -> list[dict[str, object]]:
+def grid(cfg: RankerConfig) -> list[dict[str, object]]:
     base = cfg.params.model_dump()
     unknown = [k for k in cfg.tune if k not in base]
     if unknown:
@@ -53,17 +54,19 @@ def _grid(cfg: RankerConfig) -> list[dict[str, object]]:
 
 
 @dataclass
-class _Dataset:
+class Dataset:
+    """A split as LightGBM reads it: matrix, labels, group sizes and the base margin (``init_score``)."""
+
     x: np.ndarray
     y: np.ndarray
     group_sizes: np.ndarray
     init_score: np.ndarray
 
 
-def _dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> _Dataset:
+def dataset(frame: pl.DataFrame, inputs: RankerInputs, max_rows: int) -> Dataset:
     order, sizes = groups(frame, max_rows)
     part = frame[order]
-    return _Dataset(model_matrix(part, inputs), part[LABEL].to_numpy(), sizes, base_margin(part, inputs))
+    return Dataset(model_matrix(part, inputs), part[LABEL].to_numpy(), sizes, base_margin(part, inputs))
 
 
 def estimator_params(params: dict, cfg: RankerConfig) -> dict:
@@ -100,36 +103,52 @@ def fit_model(model, train, val, features: list[str], categorical: list[int], ro
     )
 
 
-def fit_ranker(
-    train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
-) -> FitResult:
-    """Fit LambdaRank on ``train`` for every grid setting; keep the best validation nDCG@10 (a line per
-    setting in logs: each can take minutes on a large table).
+@dataclass
+class Trial:
+    """One grid setting fitted: its booster (built only if it wins: a distributed fit ships it as text),
+    the round early stopping kept and its validation nDCG@10."""
 
-    ``ranker.distributed.workers > 1``: the same fit with LightGBM's data-parallel network mode on Ray actors
-    (:func:`ranker.distributed.fit_distributed`; Ray must be up)."""
-    if cfg.distributed.workers > 1:
-        from ranker.distributed import fit_distributed
+    booster: Callable[[], lgb.Booster]
+    best_iteration: int
+    val_ndcg_at_10: float
 
-        return fit_distributed(train, val, inputs, cfg, progress)
+
+def tune(cfg: RankerConfig, fit_one: Callable[[dict[str, object]], Trial], progress: bool = True, label: str = ""):
+    """The tuning loop of every fit: each setting of ``ranker.tune``'s grid fitted by ``fit_one`` (in process,
+    or on Ray actors: :mod:`ranker.distributed`), the best validation nDCG@10 kept, a line per setting in logs
+    (each can take minutes on a large table)."""
     start = time.perf_counter()
-    fit_on, val_on = _dataset(train, inputs, cfg.max_group_rows), _dataset(val, inputs, cfg.max_group_rows)
-    categorical = [inputs.features.index(c) for c in inputs.categorical]
     best: FitResult | None = None
     trials = []
-    for params in _grid(cfg):
+    for params in grid(cfg):
+        trial = fit_one(params)
+        trials.append(
+            {**{k: params[k] for k in cfg.tune}, "best_iteration": trial.best_iteration,
+             "val_ndcg_at_10": trial.val_ndcg_at_10}
+        )  # fmt: skip
+        say(f"ranker trial {len(trials)}{label}: {trials[-1]}, {time.perf_counter() - start:.0f}s", progress)
+        if best is None or trial.val_ndcg_at_10 > best.val_ndcg_at_10:
+            best = FitResult(trial.booster(), params, trial.best_iteration, trial.val_ndcg_at_10)
+    if best is None:
+        raise RankingFrameError("ranker: empty tuning grid")
+    best.trials, best.seconds = trials, time.perf_counter() - start
+    return best
+
+
+def fit_local(
+    train: pl.DataFrame, val: pl.DataFrame, inputs: RankerInputs, cfg: RankerConfig, progress: bool = True
+) -> FitResult:
+    """LambdaRank on ``train`` in this process, tuned on ``val`` (:func:`tune`)."""
+    fit_on, val_on = dataset(train, inputs, cfg.max_group_rows), dataset(val, inputs, cfg.max_group_rows)
+    categorical = [inputs.features.index(c) for c in inputs.categorical]
+
+    def fit_one(params: dict[str, object]) -> Trial:
         model = lgb.LGBMRanker(**estimator_params(params, cfg), n_jobs=cfg.num_threads)
         fit_model(model, fit_on, val_on, list(inputs.features), categorical, cfg.early_stopping_rounds)
         score = float(model.best_score_["valid_0"]["ndcg@10"])
-        trials.append(
-            {**{k: params[k] for k in cfg.tune}, "best_iteration": model.best_iteration_, "val_ndcg_at_10": score}
-        )
-        say(f"ranker trial {len(trials)}: {trials[-1]}, {time.perf_counter() - start:.0f}s", progress)
-        if best is None or score > best.val_ndcg_at_10:
-            best = FitResult(model.booster_, params, int(model.best_iteration_), score)
-    assert best is not None
-    best.trials, best.seconds = trials, time.perf_counter() - start
-    return best
+        return Trial(lambda: model.booster_, int(model.best_iteration_), score)
+
+    return tune(cfg, fit_one, progress)
 
 
 def predict(booster: lgb.Booster, frame: pl.DataFrame, inputs: RankerInputs, num_threads: int = 1) -> np.ndarray:

@@ -138,3 +138,51 @@ def ranking_metrics(
     out = summarize(per, ("auc", "mrr", "mrr_mind", *[f"ndcg_at_{k}" for k in ks]))
     out["global_auc"] = auc(frame[label].to_numpy(), frame[score].to_numpy())
     return out
+
+
+# Scored evaluation frames: one score per row of (impression_id, clicked, item_id), as every report computes them.
+GROUP, LABEL, TIE = "impression_id", "clicked", "_tie"
+
+
+def tie_break() -> pl.Expr:
+    """The tie-break column every evaluation ranks equal scores by: a fixed hash of the item id.
+
+    Not row order: feature frames are sorted by position, and in ml100k position is the order the user rated
+    in, which would leak into every system that ties (smoothed CTR ties on all items with no history).
+    """
+    return pl.col("item_id").hash(seed=3).alias(TIE)
+
+
+def score_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> dict[str, float]:
+    """Point metrics of one score per row of ``frame`` (one split), with the report's tie-break."""
+    return scored_metrics(frame, scores)[1]
+
+
+def scored_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> tuple[pl.DataFrame, dict[str, float]]:
+    """(per-impression metrics, point metrics) of one score per row of ``frame``, as :func:`evaluate_systems`
+    computes them: what the freshness comparison bootstraps, so its point-in-time row is the report's figure."""
+    return system_metrics(_with_score(frame, scores), "_score")
+
+
+def per_impression_metrics(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
+    """Per-impression metrics of one score per row of ``frame``, with the report's tie-break.
+
+    What promotion compares two model versions on, so a champion's figures there are its report figures.
+    """
+    return per_group_metrics(_with_score(frame, scores), GROUP, LABEL, "_score", tie_break=TIE)
+
+
+def _with_score(frame: pl.DataFrame, scores: pl.Series | Sequence[float]) -> pl.DataFrame:
+    return frame.select(GROUP, LABEL, "item_id").with_columns(pl.Series("_score", scores), tie_break())
+
+
+def system_metrics(frame: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, float]]:
+    per = per_group_metrics(frame, GROUP, LABEL, score, tie_break=TIE)
+    summary = summarize(per)
+    summary["global_auc"] = auc(frame[LABEL].to_numpy(), frame[score].to_numpy())
+    return per, summary
+
+
+def impression_auc(frame: pl.DataFrame) -> float:
+    """Impression-mean AUC of a scored frame (impression_id, clicked, score): the text model's validation metric."""
+    return summarize(per_group_metrics(frame, score="score"))["auc"]

@@ -19,9 +19,9 @@ from offline import ranker_stage, registry
 from offline.cli import main
 from offline.tracking import setup
 from ranker.frame import model_matrix, split_rows
-from ranker.lambdarank import fit_ranker
 from ranker.loading import ModelPairError, load_pipeline, load_ranker_version, ranker_name, tracking_uri
 from ranker.pipeline import Candidate
+from ranker.training import fit_ranker
 
 SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)
 

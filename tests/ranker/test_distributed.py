@@ -18,8 +18,9 @@ from features import FeatureSpec, build_features, prepare_dataset, read_items, s
 from offline.ranker_stage import load_ranking_frame
 from ranker.distributed import DistributedFitError, assign_workers, shards
 from ranker.frame import RankerInputs, fit_rows, split_rows
-from ranker.lambdarank import fit_ranker, predict
+from ranker.lambdarank import predict
 from ranker.metrics import per_group_metrics, summarize
+from ranker.training import fit_ranker
 
 pytest_plugins = ["ray_cluster"]
 

@@ -8,8 +8,8 @@ import eval_case
 import polars as pl
 import pytest
 
-from ranker.evaluate import EvaluationResult, evaluate_systems, per_impression_metrics, score_metrics
-from ranker.metrics import METRIC_NAMES
+from ranker.evaluate import EvaluationResult, evaluate_systems
+from ranker.metrics import METRIC_NAMES, per_impression_metrics, score_metrics
 from ranker.slices import SLICE_NAMES, SliceError, new_item_ids
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from conf import load_config
 from ranker.frame import RankerInputs, RankingFrameError, base_margin
-from ranker.lambdarank import fit_ranker, predict
+from ranker.lambdarank import predict
 from ranker.metrics import per_group_metrics, summarize
+from ranker.training import fit_ranker
 
 
 def _impressions(split: str, n: int, seed: int) -> pl.DataFrame:
