@@ -248,11 +248,21 @@ class RankingPipeline:
         top: int,
         at: datetime | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, list[Explanation]]:
-        """:meth:`score`'s scores and one explanation per candidate (request order), its ``top`` contributions:
-        :meth:`explain_rows` on a one-request frame, so a request is explained exactly as it is scored."""
+        best: int | None = None,
+    ) -> tuple[np.ndarray, dict[int, Explanation]]:
+        """:meth:`score`'s scores (request order) and the explanations, by candidate index, of the ``best``
+        highest-scored candidates (all when None), each with its ``top`` contributions.
+
+        One ranking frame for both, so a request is explained exactly as it is scored. ``best``: TreeSHAP costs
+        ~0.4 ms a row on a 115-tree ranker, ten times a whole request's scoring at 100 candidates; the question
+        a person asks ("why is this item first?") is about the first few.
+        """
         source = self.online if at is None else self.online.at_time(at)
-        return self.explain_rows(self.request_rows(user_id, candidates), top, source, vectors)
+        frame = self.ranking_frame(self.request_rows(user_id, candidates), source, vectors)
+        scores = predict(self.booster, frame, self.inputs)
+        chosen = ranking_order(scores, best)
+        explained = explain_frame(self.booster, frame[chosen], self.inputs, top) if chosen else []
+        return scores, dict(zip(chosen, explained, strict=True))
 
     def rank(
         self,

@@ -207,11 +207,13 @@ def build_app(
             if texts and encode is not None:
                 encoded = await encode(pipeline.versions["textmodel"], list(texts.values()))
                 vectors = dict(zip(texts, encoded, strict=True))
-            explain = functools.partial(pipeline.explain, body.user_id, candidates, cfg.explain_top, vectors=vectors)
+            best = min(cfg.explain_items, body.k or cfg.explain_items)
+            explain = functools.partial(
+                pipeline.explain, body.user_id, candidates, cfg.explain_top, vectors=vectors, best=best
+            )
             scores, why = await run_in_threadpool(explain) if texts and encode is None else explain()
-            order = ranking_order(scores, body.k)
-            ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
-            explanations = {candidates[i].item_id: item_explanation(why[i]) for i in order}
+            ranked = [(candidates[i].item_id, float(scores[i])) for i in ranking_order(scores, body.k)]
+            explanations = {candidates[i].item_id: item_explanation(e) for i, e in why.items()}
         elif texts and encode is not None:
             encoding = time.perf_counter()
             vectors = await encode(pipeline.versions["textmodel"], list(texts.values()))

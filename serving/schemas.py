@@ -41,7 +41,9 @@ class RankedItem(BaseModel):
     score: float = Field(description="Ranker score: higher ranks first; comparable within one response.")
     rank: int = Field(description="1 = best.")
     explanation: ItemExplanation | None = Field(
-        default=None, description='Present only when the request asked for it ("explain": true).'
+        default=None,
+        description='Present only when the request asked for it ("explain": true), on the first '
+        "serving.explain_items items of the ranking.",
     )
 
 
@@ -146,8 +148,9 @@ def request_model_for(cfg: ServingConfig) -> type[BaseModel]:
             bool,
             Field(
                 default=False,
-                description=f"Return each item's explanation: its top {cfg.explain_top} feature contributions "
-                "(exact TreeSHAP from LightGBM), the base value and the prior, summing to its score.",
+                description=f"Explain the first {cfg.explain_items} items of the ranking: each one's top "
+                f"{cfg.explain_top} feature contributions (exact TreeSHAP from LightGBM), the base value and the "
+                "prior, summing to its score.",
             ),
         ),
     )

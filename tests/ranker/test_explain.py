@@ -17,7 +17,7 @@ import pytest
 from conf import Config
 from ranker.explain import EXPLANATION_COLUMNS, Contribution, explain_frame, explanation_columns
 from ranker.frame import RankerInputs, model_matrix
-from ranker.pipeline import Candidate
+from ranker.pipeline import Candidate, ranking_order
 
 TOL = 1e-9
 
@@ -207,4 +207,9 @@ def test_a_request_is_explained_as_it_is_scored(pipeline) -> None:
     candidates = [Candidate(i) for i in pipeline.text.item_ids[:7]]
     scores, explanations = pipeline.explain(user, candidates, top=2)
     assert scores.tolist() == pipeline.score(user, candidates).tolist()
-    assert all(_adds_up(e) <= TOL and len(e.contributions) == 2 for e in explanations)
+    assert sorted(explanations) == list(range(7))
+    assert all(_adds_up(e) <= TOL and len(e.contributions) == 2 for e in explanations.values())
+    assert all(e.score == scores[i] for i, e in explanations.items())  # the very floats the ranking used
+    _, best = pipeline.explain(user, candidates, top=2, best=3)  # only the first three of the ranking
+    assert list(best) == ranking_order(scores, 3)
+    assert all(best[i] == explanations[i] for i in best)

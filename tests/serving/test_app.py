@@ -58,7 +58,8 @@ def test_explanations_add_up_to_the_scores(served_world: Config, holder: ModelHo
     user, items = known(holder, 8)
     new = {"item_id": "brand-new", "title": "A story about sports and finance", "category": "c1"}
     body = {"user_id": user, "candidates": [*items, new]}
-    wide = TestClient(build_app(served_world.serving.model_copy(update={"explain_top": 50}), holder))
+    every = {"explain_top": 50, "explain_items": 50}  # every feature of every item
+    wide = TestClient(build_app(served_world.serving.model_copy(update=every), holder))
     plain = wide.post("/rank", json=body).json()
     explained = wide.post("/rank", json={**body, "explain": True}).json()
     assert all("explanation" not in item for item in plain["items"])  # off by default, not even a null
@@ -79,9 +80,12 @@ def test_explanations_add_up_to_the_scores(served_world: Config, holder: ModelHo
     frame = holder.current.ranking_frame(holder.current.request_rows(user, [Candidate(i) for i in items]))
     assert interest[items[0]]["value"] == frame["interest_score"][0]  # the value the ranker read
 
-    top3 = TestClient(build_app(served_world.serving.model_copy(update={"explain_top": 3}), holder))
-    short = top3.post("/rank", json={**body, "explain": True, "k": 2}).json()["items"]
-    assert len(short) == 2 and all(len(i["explanation"]["contributions"]) == 3 for i in short)
+    top3 = TestClient(build_app(served_world.serving.model_copy(update={"explain_top": 3, "explain_items": 2}), holder))
+    short = top3.post("/rank", json={**body, "explain": True, "k": 4}).json()["items"]
+    assert len(short) == 4 and all(len(i["explanation"]["contributions"]) == 3 for i in short[:2])
+    assert [i["item_id"] for i in short] == [i["item_id"] for i in plain["items"][:4]]
+    assert all("explanation" not in i for i in short[2:])  # only the best explain_items are explained
+    short = short[:2]
     for item in short:  # the other features are folded into rest: still the score
         e = item["explanation"]
         total = e["base_value"] + e["prior"]["contribution"] + sum(t["contribution"] for t in e["contributions"])
