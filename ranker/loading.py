@@ -154,6 +154,19 @@ def check_snapshot(
         )
 
 
+def current_snapshot(data_dir: str | Path) -> str | None:
+    """The id of ``data_dir``'s committed snapshot version: what a pipeline loaded now would serve (cheap: one
+    small JSON read, fit for polling)."""
+    from features.store import current_snapshot_id
+
+    return current_snapshot_id(data_dir)
+
+
+def read_current_snapshot(data_dir: str | Path) -> OnlineSnapshot:
+    """``data_dir``'s committed snapshot version, as a pipeline loaded now would read it."""
+    return read_snapshot(data_dir)
+
+
 def read_snapshot_version(data_dir: str | Path, snapshot_id: str) -> OnlineSnapshot:
     """Snapshot version ``snapshot_id`` of ``data_dir`` (``snapshots/<id>/``, or a legacy root-level one).
 

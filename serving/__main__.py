@@ -83,7 +83,7 @@ def _run_ray(cfg) -> int:
 
     prepare_ray_env(cfg.ray)  # before `ray` is imported
     prepare_serve_env(cfg.serving)
-    from features import read_snapshot
+    from ranker.loading import read_current_snapshot
     from serving.app import curl_example, example_request
     from serving.ray_app import deploy, start_serve, stop_serve
 
@@ -107,7 +107,7 @@ def _run_ray(cfg) -> int:
         else:
             auth = bool(os.environ.get(s.auth_token_env))
             print(f"models: {versions} (alias {s.model_alias})", flush=True)
-            print(curl_example(s.host, s.port, example_request(read_snapshot(cfg.data.dir)), auth), flush=True)
+            print(curl_example(s.host, s.port, example_request(read_current_snapshot(cfg.data.dir)), auth), flush=True)
         while not stop.wait(1.0):
             pass
     finally:

@@ -27,9 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conf import ServingConfig
-from features.behaviour import OnlineSnapshot
 from ranker.explain import Explanation
-from ranker.pipeline import Candidate, RankingRequestError, ranking_order
+from ranker.pipeline import Candidate, OnlineSnapshot, RankingRequestError, ranking_order
 from serving.access import ObserveRequests, UserIds, current_request
 from serving.limits import BodySizeLimit, describe_validation_errors
 from serving.metrics import CONTENT_TYPE, ServiceMetrics

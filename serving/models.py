@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from features.behaviour import OnlineSnapshot
-from ranker.pipeline import RankingPipeline
+from ranker.pipeline import OnlineSnapshot, RankingPipeline
 
 log = logging.getLogger("recrank.serving")
 
@@ -104,8 +103,7 @@ def folder_snapshots(data_dir: str | Path, fingerprint_of: Callable[[str], str |
     swap runs :func:`ranker.loading.check_snapshot` against the served ranker itself, not against the
     snapshot it happens to serve now. Looked up once per ranker version.
     """
-    from features.store import current_snapshot_id
-    from ranker.loading import check_snapshot, read_snapshot_version
+    from ranker.loading import check_snapshot, current_snapshot, read_snapshot_version
 
     data_dir = Path(data_dir)
     fingerprints: dict[str, str | None] = {}
@@ -117,7 +115,7 @@ def folder_snapshots(data_dir: str | Path, fingerprint_of: Callable[[str], str |
         check_snapshot(pipeline.spec, fingerprints[version], snapshot, f"ranker version {version}", data_dir)
 
     return SnapshotSource(
-        current=lambda: current_snapshot_id(data_dir),
+        current=lambda: current_snapshot(data_dir),
         load=lambda snapshot_id: read_snapshot_version(data_dir, snapshot_id),
         check=check,
     )

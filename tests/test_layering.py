@@ -36,7 +36,9 @@ def imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # ``from pkg import submodule`` depends on the submodule; ``from module import name`` on the module
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
+            names = subs if len(subs) == len(node.names) else [node.module, *subs]
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]

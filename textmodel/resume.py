@@ -13,15 +13,28 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from features.io import atomic_path
 from textmodel.results import TrainResult
 
-if TYPE_CHECKING:
-    from textmodel.train import ClickTrainer
+
+class ClickTrainer(Protocol):
+    """What a checkpoint captures and restores of a trainer (:class:`textmodel.train.ClickTrainer`), named here
+    so this module need not import the trainer that imports it."""
+
+    device: torch.device
+    probe_state: dict[str, torch.Tensor] | None
+    _memory: torch.Tensor | None
+    _best_state: dict[str, torch.Tensor] | None
+    _fine_steps: int
+    _fine_seconds: float
+
+    def trainable_state(self) -> dict[str, torch.Tensor]: ...
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None: ...
 
 STATE_FILE = "trainer_state.pt"
 
