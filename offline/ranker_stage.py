@@ -18,8 +18,6 @@ import numpy as np
 import polars as pl
 
 from conf import Config
-from conf.progress import say
-from conf.runtime import start_ray
 from features import (
     FeatureSpec,
     read_features,
@@ -44,6 +42,8 @@ from ranker.metrics import score_metrics
 from ranker.pipeline import RankingPipeline
 from ranker.slices import new_item_ids
 from ranker.training import fit_ranker
+from runtime.progress import say
+from runtime.ray_env import start_ray
 
 RANKER_DIR = "ranker"
 COMBINED, FEATURES_ONLY = "ranker", "lightgbm_features_only"  # the report's names of the two rankers

@@ -47,7 +47,7 @@ def _flat(prefix: str, obj: object) -> dict[str, object]:
 # What a registered model runs, so that it loads in a fresh environment built from its own files: the recrank
 # packages on its import path (MLflow's code_paths: no checkout needed) and their third-party imports, pinned to
 # this environment's versions (torch's local "+cpu" build included: PyPI's default torch wheel is the CUDA one).
-CODE_PACKAGES = ("conf", "features", "textmodel", "ranker")
+CODE_PACKAGES = ("conf", "runtime", "features", "textmodel", "ranker")
 REQUIREMENTS = (
     "torch",
     "transformers",

@@ -35,10 +35,10 @@ from pathlib import Path
 import polars as pl
 
 from conf import Config
-from conf.progress import progress as show_progress
-from conf.progress import say
 from features.io import write_json_atomic
 from offline.gate import INSUFFICIENT
+from runtime.progress import progress as show_progress
+from runtime.progress import say
 
 STATE_FILE = "state.json"
 FROZEN_DIR = "frozen_snapshot"

@@ -43,7 +43,6 @@ import numpy as np
 import ray
 
 from conf import Config
-from conf.progress import say
 from features.io import atomic_path, write_json_atomic
 from offline.train_runs import (
     SNAPSHOT_FILE,
@@ -53,6 +52,7 @@ from offline.train_runs import (
     run_identity,
     start_run,
 )
+from runtime.progress import say
 
 WORKERS_DIR = "workers"
 CACHE_DIR = "cache"

@@ -15,12 +15,12 @@ import numpy as np
 import polars as pl
 
 from conf import Config
-from conf.progress import say
-from conf.runtime import start_ray
 from features import read_features, read_impressions, read_items, read_manifest
 from features.history import impression_histories
 from features.io import write_parquet_atomic
 from ranker.metrics import impression_auc
+from runtime.progress import say
+from runtime.ray_env import start_ray
 
 if TYPE_CHECKING:  # torch and transformers load only when a text-model command runs
     from textmodel.backbone import BackboneIdentity

@@ -21,8 +21,8 @@ import numpy as np
 import polars as pl
 
 from conf import RankerConfig
-from conf.progress import say
 from ranker.frame import LABEL, RankerInputs, RankingFrameError, base_margin, groups, model_matrix
+from runtime.progress import say
 
 EVAL_AT = (5, 10)
 

@@ -2,7 +2,7 @@
 (``serving.hosts``), over the registry's champion pair (``serving.models``). ``python -m serving`` runs it.
 
 ``serving.ray_app`` is not imported here: importing Ray must wait until the entry point has set Ray's
-environment (``conf.runtime.prepare_ray_env``).
+environment (``runtime.ray_env.prepare_ray_env``).
 """
 
 from serving.app import build_app, curl_example, example_request

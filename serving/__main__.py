@@ -79,7 +79,7 @@ def _served_versions(host: str, port: int, timeout_s: float = 60.0) -> dict[str,
 
 
 def _run_ray(cfg) -> int:
-    from conf.runtime import prepare_ray_env, prepare_serve_env
+    from runtime.ray_env import prepare_ray_env, prepare_serve_env
 
     prepare_ray_env(cfg.ray)  # before `ray` is imported
     prepare_serve_env(cfg.serving)

@@ -159,7 +159,7 @@ APP_NAME = "recrank"
 
 def start_serve(cfg: Config, *, address: str | None = None) -> bool:
     """Start (or join) Ray and Serve with the configured HTTP bind and logging; True when Ray was started here."""
-    from conf.runtime import start_ray
+    from runtime.ray_env import start_ray
 
     started = start_ray(cfg.ray, address=address)
     serve.start(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from conf.progress import say
+from runtime.progress import say
 from textmodel.data import ImpressionSet, cross_fit_plan
 from textmodel.results import TrainResult
 from textmodel.scoring import score_rows

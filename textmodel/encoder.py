@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from conf.progress import progress as show_progress
+from runtime.progress import progress as show_progress
 from textmodel.towers import ItemTower
 
 

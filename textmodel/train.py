@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from conf import TrainConfig
-from conf.progress import progress as show_progress
-from conf.progress import say
+from runtime.progress import progress as show_progress
+from runtime.progress import say
 from textmodel.continual import WarmStartError
 from textmodel.data import Batch, ImpressionSet, batches, sample_examples
 from textmodel.encoder import ItemEncoder

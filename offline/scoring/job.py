@@ -103,13 +103,13 @@ def score_batch(
 ) -> ScoreSummary:
     """Score every candidate row of ``source`` into the parquet folder ``output`` (see the module docstring).
 
-    Starts a local Ray through :func:`conf.runtime.start_ray` (or joins ``cfg.ray.address``) when shards
+    Starts a local Ray through :func:`runtime.ray_env.start_ray` (or joins ``cfg.ray.address``) when shards
     are left to score, and shuts it down again if this call started it.
     """
     import torch
 
-    from conf.runtime import start_ray
     from ranker.loading import load_configured_pipeline, pair_versions, registry_client, tracking_uri
+    from runtime.ray_env import start_ray
 
     start = time.perf_counter()
     source, output = Path(source), Path(output)

@@ -125,7 +125,7 @@ def test_no_module_renames_or_deletes_its_outputs_by_hand() -> None:
     """Every writer goes through features.io: no ``os.replace`` / ``os.rename`` elsewhere in the package."""
     root = Path(__file__).resolve().parents[2]
     offenders = []
-    for package in ("conf", "features", "textmodel", "ranker", "serving", "offline"):
+    for package in ("conf", "runtime", "features", "textmodel", "ranker", "serving", "offline"):
         for path in (root / package).rglob("*.py"):
             if path == root / "features" / "io.py":
                 continue

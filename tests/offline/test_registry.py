@@ -341,7 +341,13 @@ def test_the_registered_champion_loads_in_a_fresh_environment(world, tmp_path: P
     cfg, client = world
     name = ranker_name(cfg.mlflow.model_prefix)
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "m")))
-    assert sorted(p.name for p in (model_dir / "code").iterdir()) == ["conf", "features", "ranker", "textmodel"]
+    assert sorted(p.name for p in (model_dir / "code").iterdir()) == [
+        "conf",
+        "features",
+        "ranker",
+        "runtime",
+        "textmodel",
+    ]
     python = _fresh_venv(model_dir / "requirements.txt")
     served = load_pipeline(
         client, cfg.mlflow.model_prefix, "champion", Path(cfg.data.dir), cfg.textmodel.cache_dir, torch.device("cpu")

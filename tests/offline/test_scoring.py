@@ -43,7 +43,7 @@ OUTPUT_SCHEMA = {
 @pytest.fixture(scope="module")
 def local_ray():
     """One Ray for the module (jobs run in this process find it and leave it running)."""
-    from conf.runtime import start_ray
+    from runtime.ray_env import start_ray
 
     started = start_ray(load_config(None, ["ray.num_cpus=2"]).ray)
     yield

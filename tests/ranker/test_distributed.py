@@ -13,7 +13,6 @@ import pytest
 from sample_data import TINY_SYNTHETIC
 
 from conf import Config, load_config
-from conf.runtime import start_ray
 from features import FeatureSpec, build_features, prepare_dataset, read_items, serving_unknown_columns
 from offline.ranker_stage import load_ranking_frame
 from ranker.distributed import DistributedFitError, assign_workers, shards
@@ -21,6 +20,7 @@ from ranker.frame import RankerInputs, fit_rows, split_rows
 from ranker.lambdarank import predict
 from ranker.metrics import per_group_metrics, summarize
 from ranker.training import fit_ranker
+from runtime.ray_env import start_ray
 
 pytest_plugins = ["ray_cluster"]
 

@@ -14,8 +14,8 @@ import pytest
 from local_server import free_port
 
 from conf import Config
-from conf.runtime import prepare_ray_env
 from ranker.pipeline import Candidate
+from runtime.ray_env import prepare_ray_env
 from serving.models import ModelHolder
 
 SNAPSHOT_ID = mock.ANY  # the served snapshot's content id (a hash: not a fixed value)

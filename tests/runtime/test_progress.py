@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from conf.progress import LineProgress, progress
+from runtime.progress import LineProgress, progress
 
 
 def test_line_progress_prints_periodic_and_final_lines() -> None:
