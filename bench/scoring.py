@@ -95,7 +95,7 @@ import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
 from conf import load_config
-from offline.scoring import score_batch
+from offline.batch import score_batch
 cfg = load_config(sys.argv[1] or None, json.loads(sys.argv[2]))
 summary = score_batch(cfg, Path(sys.argv[3]), Path(sys.argv[4]), progress=False)
 print(json.dumps({**summary.to_json(), "process_seconds": time.perf_counter() - start}))

@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         state, out = replay(cfg, args.days)
         console.print(f"replayed {len(state.done)} day(s); report: {out}/report.md")
     elif args.command == "score":
-        from offline.scoring import score_batch
+        from offline.batch import score_batch
 
         print_scoring(score_batch(cfg, args.input, args.output, skip_bad_rows=args.skip_bad_rows))
     return 0

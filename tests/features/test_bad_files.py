@@ -1,6 +1,6 @@
 """Every reader of a file a user hands in answers a corrupt, truncated or foreign file with one line naming the
 file, and exit code 2: ``data prepare`` (canonical, MIND), ``events append`` (events, new items). ``score``'s
-input is checked in tests/offline/test_scoring.py."""
+input is checked in tests/offline/test_batch.py."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from conf import Config
+from offline.batch.staging import MANIFEST_FILE, NODE_KEY
 from offline.cli import main
-from offline.scoring.staging import MANIFEST_FILE, NODE_KEY
 
 if TYPE_CHECKING:  # imported by pytest as a plugin (the fixture): importing it first would skip assert rewriting
     from ray_cluster import Listener, LoopbackCluster

@@ -5,8 +5,8 @@
 2. Resolve ``<prefix>-ranker@alias`` once: every actor loads that version and the textmodel it pins, so an
    alias moving during the job cannot mix models.
 3. Cut the requests (in order of first appearance) into shards of ``scoring.shard_requests`` whole requests;
-   reuse the finished parts of an interrupted run of the same job (:mod:`offline.scoring.staging`).
-4. Score the remaining shards on Ray Data (:mod:`offline.scoring.workers`; with ``scoring.explain`` N, also
+   reuse the finished parts of an interrupted run of the same job (:mod:`offline.batch.staging`).
+4. Score the remaining shards on Ray Data (:mod:`offline.batch.workers`; with ``scoring.explain`` N, also
    each score's explanation, its N largest contributions), write each as a part file.
 5. Check rows and coverage, write ``_manifest.json`` (and ``_rejects.parquet``), move the folder into place.
 """
@@ -24,8 +24,8 @@ from conf import Config
 from features.build import ONLINE_FILES
 from features.schema import DataValidationError
 from features.store import snapshot_dir
-from offline.scoring import inputs, staging
-from offline.scoring.workers import run_shards
+from offline.batch import inputs, staging
+from offline.batch.workers import run_shards
 
 JOB_FORMAT = 1
 

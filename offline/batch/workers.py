@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from conf import Config
-from offline.scoring.inputs import TEXT_COLUMNS
+from offline.batch.inputs import TEXT_COLUMNS
 from ranker.explain import explanation_columns
 from ranker.pipeline import RankingPipeline
 

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from conf import Config, load_config
+from offline.batch import score_batch
+from offline.batch.staging import JOB_FILE, MANIFEST_FILE, REJECTS_FILE, open_staging, staging_dir
+from offline.batch.workers import score_rows
 from offline.cli import main
-from offline.scoring import score_batch
-from offline.scoring.staging import JOB_FILE, MANIFEST_FILE, REJECTS_FILE, open_staging, staging_dir
-from offline.scoring.workers import score_rows
 from ranker.pipeline import Candidate
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ def test_rows_coverage_and_manifest(scored) -> None:
 def test_long_input_carries_every_text_field_to_the_pipeline(reference, tmp_path: Path) -> None:
     """The long layout's text columns include subcategory; unknown items are judged and scored through the
     pipeline's own text rules (the served prompt reads title, subcategory and body, not category)."""
-    from offline.scoring.inputs import check_rows, read_input
+    from offline.batch.inputs import check_rows, read_input
 
     user, known = reference.snapshot.users["user_id"][0], reference.text.item_ids[0]
     frame = pl.DataFrame(
