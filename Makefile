@@ -2,6 +2,7 @@
 #   make run   - the main job on the embedded default dataset (MovieLens-100K), then serve it (Ctrl-C stops)
 #   make test  - the test suite (unit + slow + integration)
 # Both create .venv and install the pinned stack (constraints.txt) on first use.
+# A first run in minutes (every stage, the tests' tiny GPT-2): make run PROFILE=conf/quickstart.yaml DATA=data/quickstart
 
 PYTHON ?= python3.11
 VENV   := .venv
