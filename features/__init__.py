@@ -8,7 +8,6 @@ from features.behaviour import (
     build_offline_and_snapshot,
     build_snapshot,
     derive,
-    online_rows,
 )
 from features.build import build_features, read_features, read_snapshot
 from features.prepare import PrepareSummary, prepare_dataset, read_manifest, serving_unknown_columns
@@ -36,7 +35,6 @@ __all__ = [
     "build_offline_and_snapshot",
     "build_snapshot",
     "derive",
-    "online_rows",
     "prepare_dataset",
     "read_features",
     "read_impressions",

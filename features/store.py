@@ -21,7 +21,6 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 from features.io import write_json_atomic
@@ -163,5 +162,3 @@ def store_lock(data_dir: str | Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def iso(ts: datetime) -> str:
-    return ts.isoformat()

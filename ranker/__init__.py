@@ -2,15 +2,14 @@
 pair."""
 
 from ranker.compare import Interval, compare_systems, paired_bootstrap
-from ranker.evaluate import BASELINES, DEFAULT_REFERENCES, EvaluationResult, SliceResult, evaluate_systems
+from ranker.evaluate import BASELINES, EvaluationResult, evaluate_systems
 from ranker.frame import RankerInputs, RankingFrameError, model_matrix, ranking_frame
-from ranker.metrics import MetricInputError, auc, per_group_metrics, ranking_metrics, summarize
+from ranker.metrics import MetricInputError, auc, per_group_metrics, summarize
 from ranker.pipeline import Candidate, RankingPipeline, RankingRequestError
 from ranker.slices import SLICES, SliceDef, SliceError, new_item_ids
 
 __all__ = [
     "BASELINES",
-    "DEFAULT_REFERENCES",
     "SLICES",
     "Candidate",
     "EvaluationResult",
@@ -22,7 +21,6 @@ __all__ = [
     "RankingRequestError",
     "SliceDef",
     "SliceError",
-    "SliceResult",
     "auc",
     "compare_systems",
     "evaluate_systems",
@@ -31,6 +29,5 @@ __all__ = [
     "paired_bootstrap",
     "per_group_metrics",
     "ranking_frame",
-    "ranking_metrics",
     "summarize",
 ]

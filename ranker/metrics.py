@@ -125,21 +125,6 @@ def summarize(per_group: pl.DataFrame, metrics: Sequence[str] = METRIC_NAMES) ->
     return out
 
 
-def ranking_metrics(
-    frame: pl.DataFrame,
-    group: str = "impression_id",
-    label: str = "clicked",
-    score: str = "score",
-    ks: Sequence[int] = (5, 10),
-    tie_break: str | None = None,
-) -> dict[str, float]:
-    """Impression-mean AUC, both MRRs, nDCG@k and global AUC of one scored frame."""
-    per = per_group_metrics(frame, group, label, score, ks, tie_break)
-    out = summarize(per, ("auc", "mrr", "mrr_mind", *[f"ndcg_at_{k}" for k in ks]))
-    out["global_auc"] = auc(frame[label].to_numpy(), frame[score].to_numpy())
-    return out
-
-
 # Scored evaluation frames: one score per row of (impression_id, clicked, item_id), as every report computes them.
 GROUP, LABEL, TIE = "impression_id", "clicked", "_tie"
 

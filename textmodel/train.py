@@ -1,7 +1,10 @@
 """Click-label training of the text model: the phases of a run and the state they share.
 
 A run is a probe (the head over the cached pooled states of the untouched backbone: linear probing), then
-fine-tuning (the item tower's trainable part, with the towers fixed or at their own rate), each a
+fine-tuning: the item tower's trainable part (adapters or the side network) and the towers at their own rate
+(``fine_tune_head_lr``; 0 keeps them fixed), starting from the probe's best state (``fine_tune_from: probe``) or
+from the untrained towers (``scratch``, the demo profile's choice; the probe is then only the frozen reference
+the export rule compares with), each a
 :class:`Phase` of epochs with early stopping on the caller's selection impressions (the pipeline passes the
 text model's own: the latest train impressions, never the ranker's validation split). Each part has its own
 module: the loss and the validation metric in ``textmodel.objective``, the cross-fitted heads in

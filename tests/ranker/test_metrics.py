@@ -10,7 +10,14 @@ import polars as pl
 import pytest
 
 from conf.schema import MlflowConfig
-from ranker.metrics import METRIC_NAMES, MetricInputError, auc, per_group_metrics, ranking_metrics
+from ranker.metrics import METRIC_NAMES, MetricInputError, auc, per_group_metrics, summarize
+
+
+def ranking_metrics(frame: pl.DataFrame) -> dict[str, float]:
+    """Impression-mean metrics and global AUC of a scored frame (impression_id, clicked, score)."""
+    out = summarize(per_group_metrics(frame))
+    out["global_auc"] = auc(frame["clicked"].to_numpy(), frame["score"].to_numpy())
+    return out
 
 
 def frame(groups: list[tuple[str, list[int], list[float]]]) -> pl.DataFrame:
