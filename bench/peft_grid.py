@@ -42,7 +42,7 @@ from textmodel.backbone import load_backbone  # noqa: E402
 from textmodel.data import batches, sample_examples, selection_split  # noqa: E402
 from textmodel.model import build_text_model  # noqa: E402
 from textmodel.prompt import ItemText  # noqa: E402
-from textmodel.scoring import score_rows  # noqa: E402
+from textmodel.scoring import score_impressions  # noqa: E402
 from textmodel.train import ClickTrainer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -180,7 +180,7 @@ def _scores(memory: torch.Tensor, model, sets) -> pl.DataFrame:
         frames.append(
             data.row_keys.with_columns(
                 pl.Series("clicked", data.row_label, dtype=pl.Int8),
-                pl.Series("score", score_rows(model, memory, data)),
+                pl.Series("score", score_impressions(model, memory, data)),
                 pl.lit(split).alias("split"),
             )
         )

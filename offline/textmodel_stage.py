@@ -185,7 +185,7 @@ def _finish(
     """Pick what is exported (the export guard), score every split with it and with the frozen-backbone head
     (``interest_frozen``), cross-fit the train rows, save the artifact and the scores."""
     from textmodel.artifact import embedding_table, save_text_model
-    from textmodel.scoring import interest_frame, score_rows, scored_frame
+    from textmodel.scoring import interest_frame, score_impressions, scored_frame
 
     tm = cfg.textmodel
     model, encoder, trainer, sets = t.model, t.encoder, t.trainer, t.sets
@@ -193,7 +193,8 @@ def _finish(
     memory = encoder.encode_all(progress=progress)
     scored = {**sets, "selection": t.selection}
     metrics = {
-        split: impression_auc(scored_frame(data, score_rows(model, memory, data))) for split, data in scored.items()
+        split: impression_auc(scored_frame(data, score_impressions(model, memory, data)))
+        for split, data in scored.items()
     }
     frames = {split: interest_frame(model, memory, data) for split, data in sets.items()}
     frozen = _frozen_scores(t, sets, memory, progress)
@@ -250,7 +251,7 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
     the set it is judged on is not shipped. Without a probe (a warm start) the trained state is exported.
     """
     from ranker.guard import decide
-    from textmodel.scoring import score_rows, scored_frame
+    from textmodel.scoring import score_impressions, scored_frame
 
     trainer, model, encoder = t.trainer, t.model, t.encoder
     if trainer.probe_state is None:
@@ -266,15 +267,15 @@ def export_decision(cfg: Config, t: _Training, result, progress: bool = False) -
 
     def auc_by_split(memory) -> dict[str, float]:
         """The loaded towers over ``memory``: impression-mean AUC on every split (for the record)."""
-        return {s: impression_auc(scored_frame(d, score_rows(model, memory, d))) for s, d in scored.items()}
+        return {s: impression_auc(scored_frame(d, score_impressions(model, memory, d))) for s, d in scored.items()}
 
     # Each candidate is scored with its own towers (they differ when fine_tune_head_lr > 0).
     adapted_memory = encoder.encode_all(progress=progress)
-    adapted_scores = score_rows(model, adapted_memory, t.selection)
+    adapted_scores = score_impressions(model, adapted_memory, t.selection)
     candidates = {"adapted": auc_by_split(adapted_memory)}
     trainer.restore(trainer.probe_state)
     probe_memory = encoder.encode_all(progress=progress)
-    probe_scores = score_rows(model, probe_memory, t.selection)
+    probe_scores = score_impressions(model, probe_memory, t.selection)
     candidates["probe"] = auc_by_split(probe_memory)
     ev = cfg.evaluation
     decision = decide(
@@ -305,7 +306,7 @@ def _frozen_scores(t: _Training, sets: dict[str, ImpressionSet], memory, progres
     when the run had no probe (a warm start)."""
     import torch
 
-    from textmodel.scoring import score_rows
+    from textmodel.scoring import score_impressions
 
     trainer = t.trainer
     if trainer.probe_state is None:
@@ -317,7 +318,7 @@ def _frozen_scores(t: _Training, sets: dict[str, ImpressionSet], memory, progres
         trainer.restore(trainer.probe_state)
         memory = t.encoder.encode_all(progress=progress)
     out = {
-        split: pl.Series(FROZEN_COLUMN, score_rows(t.model, memory, data), dtype=pl.Float64)
+        split: pl.Series(FROZEN_COLUMN, score_impressions(t.model, memory, data), dtype=pl.Float64)
         for split, data in sets.items()
     }
     if exported_state is not None:

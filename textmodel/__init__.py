@@ -8,7 +8,7 @@ from textmodel.model import build_text_model, resolve_device
 from textmodel.peft_methods import PEFT_METHODS
 from textmodel.prompt import ItemText, Prompt, PromptError, render_texts
 from textmodel.results import TrainResult
-from textmodel.scoring import TextScorer, score_rows
+from textmodel.scoring import TextScorer, score_impressions
 from textmodel.towers import TextModel
 from textmodel.train import ClickTrainer
 
@@ -34,5 +34,5 @@ __all__ = [
     "render_texts",
     "resolve_device",
     "save_text_model",
-    "score_rows",
+    "score_impressions",
 ]

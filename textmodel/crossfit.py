@@ -16,7 +16,7 @@ import torch
 from runtime.progress import say
 from textmodel.data import ImpressionSet, cross_fit_plan
 from textmodel.results import TrainResult
-from textmodel.scoring import score_rows
+from textmodel.scoring import score_impressions
 
 if TYPE_CHECKING:
     from textmodel.train import ClickTrainer
@@ -56,7 +56,7 @@ class CrossFitter:
             say(f"cross-fitted head {k + 1}/{len(plan)}: fit on {int(fit_on.sum())} impressions", progress)
             rng = np.random.default_rng(t.cfg.seed + 100 + k)
             self.fit_head(train.subset(fit_on), val, pooled, init_towers, rng, progress)
-            scores[held[train.row_impression]] = score_rows(t.model, t._memory, train.subset(held))
+            scores[held[train.row_impression]] = score_impressions(t.model, t._memory, train.subset(held))
         t.restore(final)
         return scores
 

@@ -22,7 +22,7 @@ from conf import TrainConfig
 from textmodel.adversarial import adversarial_loss
 from textmodel.data import Batch, ImpressionSet, TextDataError, batches, sample_examples
 from textmodel.encoder import BucketStates, ItemEncoder
-from textmodel.scoring import score_rows, scored_frame
+from textmodel.scoring import score_impressions, scored_frame
 from textmodel.towers import TextModel
 
 ValMetric = Callable[[pl.DataFrame], float]  # frame of impression_id, clicked, score -> a number (higher is better)
@@ -130,7 +130,7 @@ class ClickObjective:
 
     def evaluate_both(self, data: ImpressionSet, memory: torch.Tensor) -> tuple[float, float | None]:
         """(metric of the trained score, metric of the text part alone when an offset is added, else None)."""
-        scores = score_rows(self.model, memory, data)
+        scores = score_impressions(self.model, memory, data)
         if data.row_offset is None:
             return self.val_metric(scored_frame(data, scores)), None
         mixed = scores + float(self.offset_weight.detach()) * data.row_offset

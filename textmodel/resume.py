@@ -36,6 +36,7 @@ class ClickTrainer(Protocol):
 
     def restore(self, state: dict[str, torch.Tensor]) -> None: ...
 
+
 STATE_FILE = "trainer_state.pt"
 
 

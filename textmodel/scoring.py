@@ -74,7 +74,7 @@ class InterestHead:
         return (self.scale * (u * v).sum(dim=-1)).cpu().numpy()
 
 
-def score_rows(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> np.ndarray:
+def score_impressions(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> np.ndarray:
     """Interest score of every shown row of ``data``: (R,) float64."""
     return InterestHead(model, memory).scores(data.history, data.row_impression, data.row_item)
 
@@ -213,4 +213,4 @@ class TextScorer:
 
 def interest_frame(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> pl.DataFrame:
     """``impression_id, item_id, interest_score`` for every row of ``data``."""
-    return data.row_keys.with_columns(pl.Series("interest_score", score_rows(model, memory, data)))
+    return data.row_keys.with_columns(pl.Series("interest_score", score_impressions(model, memory, data)))

@@ -24,7 +24,7 @@ from ranker.pipeline import RankingPipeline
 ACTOR_START_TIMEOUT_S = 600  # long enough for an autoscaler (KubeRay) to add a node for the pool
 
 
-def score_rows(pipeline: RankingPipeline, rows: pl.DataFrame, explain: int = 0) -> pl.DataFrame:
+def ranked_rows(pipeline: RankingPipeline, rows: pl.DataFrame, explain: int = 0) -> pl.DataFrame:
     """Score and rank every request in ``rows`` (whole requests, in input order) with one call of the
     pipeline's batched method (one feature gather, one user-tower pass per user, one ``booster.predict``).
 
@@ -96,7 +96,7 @@ class PipelineActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
         rows = pl.concat([unpack_shard(b) for b in batch.column("rows").to_pylist()])
-        scored = score_rows(self.pipeline, rows, self.explain)
+        scored = ranked_rows(self.pipeline, rows, self.explain)
         # Time spent in this actor, spread over the rows: summed by the driver into worker-seconds.
         cost = (time.perf_counter() - start) / max(scored.height, 1)
         return scored.with_columns(

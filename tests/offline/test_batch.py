@@ -22,7 +22,7 @@ import yaml
 from conf import Config, load_config
 from offline.batch import score_batch
 from offline.batch.staging import JOB_FILE, MANIFEST_FILE, REJECTS_FILE, open_staging, staging_dir
-from offline.batch.workers import score_rows
+from offline.batch.workers import ranked_rows
 from offline.cli import main
 from ranker.pipeline import Candidate
 
@@ -238,7 +238,7 @@ def test_long_input_carries_every_text_field_to_the_pipeline(reference, tmp_path
     assert rows["subcategory"].to_list() == [None, "lab gear", "only a subcategory", None]
     checked = check_rows(rows, [path], reference, skip_bad=True)
     assert checked.rejects.select("item_id", "reason").rows() == [("new-c", "unknown item without text")]
-    scored = score_rows(reference, checked.rows.with_columns(_shard=pl.lit(0)))
+    scored = ranked_rows(reference, checked.rows.with_columns(_shard=pl.lit(0)))
     want = reference.score(
         user,
         [
@@ -273,7 +273,7 @@ def test_explained_rows_keep_their_scores_and_add_up(reference) -> None:
     rows = long_frame(make_requests(reference, 6, 5, seed=4, prefix="E")).with_columns(
         _row=pl.int_range(pl.len()), _shard=pl.lit(0)
     )
-    plain, explained = score_rows(reference, rows), score_rows(reference, rows, explain=2)
+    plain, explained = ranked_rows(reference, rows), ranked_rows(reference, rows, explain=2)
     assert explained.columns == [*plain.columns, *EXPLANATION_SCHEMA]
     assert explained.select(plain.columns).equals(plain)  # the same floats and ranks
     assert np.abs(explained_total(explained) - explained["score"].to_numpy()).max() <= 1e-9
@@ -305,7 +305,7 @@ def test_ranks_break_ties_by_input_order() -> None:
     class Fixed:
         versions: ClassVar[dict[str, str]] = {"ranker": "7"}
 
-        def score_rows(self, rows):
+        def ranked_rows(self, rows):
             return np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.2, 0.2, 0.7])[: rows.height]
 
     # two requests, interleaved in the file, listed out of order (_row says the input order)
@@ -318,7 +318,7 @@ def test_ranks_break_ties_by_input_order() -> None:
             "_shard": 0,
         }
     )[[0, 5, 1, 6, 2, 7, 3, 4]]
-    out = score_rows(Fixed(), rows)
+    out = ranked_rows(Fixed(), rows)
     assert out["item_id"].to_list() == list("vwxyzpqr")  # back in input order
     assert out["rank"].to_list() == [3, 1, 4, 2, 5, 2, 3, 1]
     assert out["ranker_version"].to_list() == ["7"] * 8 and out["textmodel_version"].null_count() == 8

@@ -187,7 +187,7 @@ def test_online_request_equals_the_offline_path_for_the_same_request(world) -> N
     from features.history import impression_histories
     from features.sources import PointInTimeFeatures
     from textmodel.data import Catalogue, ImpressionSet
-    from textmodel.scoring import score_rows
+    from textmodel.scoring import score_impressions
 
     cfg, client = world
     served = load_pipeline(
@@ -224,7 +224,7 @@ def test_online_request_equals_the_offline_path_for_the_same_request(world) -> N
     rows = offline.select(pl.col("impression_id").alias("request_id"), "user_id", "item_id")
     np.testing.assert_array_equal(online, served.score_rows(rows, source))
     # And the interest score the bundle computes is the one the bulk export computes for training rows.
-    bulk = score_rows(scorer.model, scorer.vectors, data)
+    bulk = score_impressions(scorer.model, scorer.vectors, data)
     np.testing.assert_array_equal(scorer.scores(served.history(user), candidates), bulk)
 
 

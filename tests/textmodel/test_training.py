@@ -13,7 +13,7 @@ from textmodel.artifact import embedding_table, load_text_model, save_text_model
 from textmodel.backbone import load_backbone
 from textmodel.model import build_text_model
 from textmodel.peft_methods import PEFT_METHODS
-from textmodel.scoring import TextScorer, score_rows, scored_frame
+from textmodel.scoring import TextScorer, score_impressions, scored_frame
 from textmodel.train import ClickTrainer
 
 
@@ -62,11 +62,11 @@ def test_method_trains_saves_and_loads(method: str, tiny_data, tmp_path: Path) -
     if result.epochs[result.best_epoch].phase == "fine-tune":  # the restored best state has moved adapters
         assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in adapters)
     memory = encoder.encode_all()
-    scores = score_rows(model, memory, sets["test"])
+    scores = score_impressions(model, memory, sets["test"])
     folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
     loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
     reloaded_memory = torch.from_numpy(loaded.table["vector"].to_numpy())
-    np.testing.assert_array_equal(score_rows(loaded.model, reloaded_memory, sets["test"]), scores)
+    np.testing.assert_array_equal(score_impressions(loaded.model, reloaded_memory, sets["test"]), scores)
     # The loaded model re-encodes items from text to the same vectors (a fresh, uncached path).
     fresh = TextScorer(loaded, torch.device("cpu")).encode_texts(catalogue.texts[:20])
     torch.testing.assert_close(fresh, memory[:20], atol=1e-5, rtol=0)
@@ -105,7 +105,7 @@ def test_scorer_matches_bulk_scores_and_encodes_unknown_items(tiny_data, tmp_pat
     folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
     scorer = TextScorer(load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu")), torch.device("cpu"))
     test = sets["test"]
-    bulk = scored_frame(test, score_rows(model, memory, test))
+    bulk = scored_frame(test, score_impressions(model, memory, test))
     first = test.impression_ids[0]
     rows = bulk.filter(bulk["impression_id"] == first)
     history = [catalogue.item_ids[i] for i in test.history[0] if i >= 0]
@@ -157,11 +157,11 @@ def test_dot_similarity_trains_saves_and_scores_the_same_everywhere(tiny_data, t
     memory = encoder.encode_all()
     norms = memory.norm(dim=-1)
     assert float((norms - 1).abs().max()) > 1e-3  # not normalised
-    scores = score_rows(model, memory, sets["test"])
+    scores = score_impressions(model, memory, sets["test"])
     folder = save(tmp_path, cfg, catalogue, backbone, model, memory)
     loaded = load_text_model(folder, cfg.textmodel.cache_dir, torch.device("cpu"))
     reloaded = torch.from_numpy(loaded.table["vector"].to_numpy().copy())
-    np.testing.assert_array_equal(score_rows(loaded.model, reloaded, sets["test"]), scores)
+    np.testing.assert_array_equal(score_impressions(loaded.model, reloaded, sets["test"]), scores)
     table_only = TextScorer.table_only(folder, torch.device("cpu"))
     test = sets["test"]
     rows = scored_frame(test, scores).filter(pl.col("impression_id") == test.impression_ids[0])
