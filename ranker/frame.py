@@ -71,10 +71,41 @@ class RankerInputs:
 
 
 def with_interest_rank(frame: pl.DataFrame, group: str = GROUP) -> pl.DataFrame:
-    """``interest_rank``: the interest score's rank within its impression, scaled to [0, 1] (0 = best)."""
+    """``interest_rank``: the interest score's rank within its impression, scaled to [0, 1] (0 = best).
+
+    The definition is the polars window query below. A frame of one impression (an API request) takes
+    :func:`_one_group_rank` instead: the same number in numpy, without a query's fixed cost (~0.5 ms for ~100
+    rows); ``tests/ranker/test_frame.py`` holds the two equal bit for bit (ties, signed zeros, NaN).
+    """
+    if (
+        frame.height
+        and "interest_rank" not in frame.columns
+        and not frame.get_column("interest_score").has_nulls()
+        and frame.get_column(group).n_unique() == 1
+    ):
+        return frame.hstack([pl.Series("interest_rank", _one_group_rank(frame.get_column("interest_score")))])
     n = pl.len().over(group)
     rank = pl.col("interest_score").rank("average", descending=True).over(group)
     return frame.with_columns(pl.when(n > 1).then((rank - 1) / (n - 1)).otherwise(0.0).alias("interest_rank"))
+
+
+def _one_group_rank(score: pl.Series) -> np.ndarray:
+    """:func:`with_interest_rank` of one group, in numpy: polars' ``rank("average", descending=True)``, then
+    ``(rank - 1) / (n - 1)`` (0 for one row).
+
+    A value's average descending rank is ``(2n - below - upto + 1) / 2``, where ``below`` counts the values less
+    than it and ``upto`` those not greater (ties, ``-0.0 == 0.0`` and NaN, largest, counted as polars counts them):
+    an integer over 2, so exact in float64 however polars sums it, and the scaling is the same two float64
+    operations. Hence the same bits as the query.
+    """
+    x = score.cast(pl.Float64).to_numpy()
+    n = len(x)
+    if n == 1:
+        return np.zeros(1)
+    s = np.sort(x)
+    below, upto = np.searchsorted(s, x, "left"), np.searchsorted(s, x, "right")
+    rank = (2 * n - below - upto + 1) / 2
+    return (rank - 1) / (n - 1)
 
 
 def model_matrix(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:

@@ -38,6 +38,33 @@ def test_interest_rank_is_scaled_within_impressions() -> None:
     assert with_interest_rank(frame)["interest_rank"].to_list() == [1.0, 0.0, 0.5, 0.0]
 
 
+def _interest_rank_by_query(scores: np.ndarray) -> np.ndarray:
+    """The polars window query's interest rank of one impression: beside a second one-row impression, the frame
+    has two groups, so the one-group fast path is not taken (and the other group cannot change this one's)."""
+    frame = pl.DataFrame(
+        {"impression_id": ["a"] * len(scores) + ["b"], "interest_score": np.append(scores, 0.0)},
+        schema={"impression_id": pl.String, "interest_score": pl.Float64},
+    )
+    return with_interest_rank(frame)["interest_rank"].to_numpy()[:-1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 257])
+def test_interest_rank_of_one_impression_equals_the_query_bit_for_bit(n: int) -> None:
+    rng = np.random.default_rng(n)
+    cases = [
+        rng.normal(size=n),
+        rng.integers(0, 4, n).astype(np.float64),  # many ties
+        rng.choice([0.0, -0.0, 1.5, -1.5], n),  # signed zeros tie, as in polars
+        np.zeros(n),  # a cold user: every score the same
+        np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n)),  # NaN ranks first, as in polars
+        np.where(rng.random(n) < 0.2, np.inf, rng.integers(0, 3, n).astype(np.float64)),
+    ]
+    for scores in cases:
+        fast = with_interest_rank(pl.DataFrame({"impression_id": ["r"] * n, "interest_score": scores}))
+        assert fast["interest_rank"].dtype == pl.Float64
+        assert fast["interest_rank"].to_numpy().tobytes() == _interest_rank_by_query(scores).tobytes(), scores
+
+
 def test_model_matrix_orders_columns_and_codes_categories() -> None:
     inputs = RankerInputs(features=("x", "category"), categorical=("category",), vocab={"category": ("a", "b")})
     frame = pl.DataFrame({"category": ["b", "zzz", "a"], "x": [1, 2, 3], "ignored": [0, 0, 0]})
