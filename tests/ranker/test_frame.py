@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from ranker.frame import (
+    SMALL_FRAME,
     RankerInputs,
     RankingFrameError,
     fit_rows,
@@ -74,6 +75,44 @@ def test_model_matrix_orders_columns_and_codes_categories() -> None:
     assert m.dtype == np.float64
     with pytest.raises(RankingFrameError, match="column 'x' missing"):
         model_matrix(frame.drop("x"), inputs)
+
+
+@pytest.mark.parametrize("rows", [3, 1000, SMALL_FRAME + 1])
+def test_category_codes_of_a_request_equal_the_enum_codes_of_a_table(rows: int) -> None:
+    """The dict codes (request-sized frames) and the Enum cast (larger ones) give the same matrix: known values,
+    values outside the vocabulary, nulls, a Categorical column; numeric columns with nulls and of every width."""
+    rng = np.random.default_rng(rows)
+    vocab = ("Drama", "Action", "Sci-Fi", "unknown")  # not sorted: the code is the index, whatever the order
+    values = rng.choice([*vocab, "Western", "", None], rows).tolist()
+    frame = pl.DataFrame(
+        {
+            "category": values,
+            "genre": pl.Series(values, dtype=pl.String).cast(pl.Categorical),
+            "i64": rng.integers(-(2**60), 2**60, rows),
+            "i32": pl.Series(rng.integers(-100, 100, rows), dtype=pl.Int32),
+            "u8": pl.Series(rng.integers(0, 255, rows), dtype=pl.UInt8),
+            "f32": pl.Series(rng.normal(size=rows), dtype=pl.Float32),
+            "nullable": pl.Series([None if k % 3 == 0 else k for k in range(rows)], dtype=pl.Int64),
+            "flag": rng.random(rows) < 0.5,
+        }
+    )
+    inputs = RankerInputs(
+        features=("i64", "category", "i32", "u8", "f32", "nullable", "flag", "genre"),
+        categorical=("category", "genre"),
+        vocab={"category": vocab, "genre": vocab},
+    )
+    enum = pl.Enum(vocab)
+    expected = np.column_stack(
+        [
+            frame[c].cast(pl.String).cast(enum, strict=False).to_physical().cast(pl.Float64).to_numpy()
+            if c in inputs.categorical
+            else frame[c].cast(pl.Float64).to_numpy()
+            for c in inputs.features
+        ]
+    )
+    m = model_matrix(frame, inputs)
+    assert m.dtype == np.float64 and m.flags.c_contiguous
+    assert m.tobytes() == expected.tobytes()
 
 
 def _scored(
