@@ -73,6 +73,11 @@ class SnapshotFeatures:
     def history(self, user_id: str) -> list[str]:
         return self._history.get(user_id) or []
 
+    def shares_histories(self, other: object) -> bool:
+        """True when ``other`` is a snapshot source reading this one's history table (``at_time`` copies do): the
+        same user id has the same history in both, whatever their request times."""
+        return type(other) is SnapshotFeatures and other._history is self._history
+
     def at_time(self, at: datetime) -> SnapshotFeatures:
         """The same source read at request time ``at`` (the history table is shared, not rebuilt); rows with
         their own ``ts`` still use it."""
@@ -82,9 +87,7 @@ class SnapshotFeatures:
 
     def features(self, rows: pl.DataFrame) -> pl.DataFrame:
         _check_keys(rows, REQUEST_KEYS)
-        return snapshot_features(
-            self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, self._new_items(rows)
-        )
+        return snapshot_features(self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, self._new_items(rows))
 
     def _new_items(self, rows: pl.DataFrame) -> pl.DataFrame | None:
         """Attributes of the rows' items the snapshot does not know (None when every item is known)."""
@@ -150,9 +153,8 @@ class PointInTimeFeatures:
         """One history per impression: its user's clicks strictly before it."""
         _check_keys(rows, REQUEST_KEYS)
         group, codes = group_codes(rows["request_id"].to_list())
-        found = (
-            pl.DataFrame({"impression_id": codes}, schema={"impression_id": pl.String})
-            .join(self.histories_table.select("impression_id", "history"), on="impression_id", how="left")
+        found = pl.DataFrame({"impression_id": codes}, schema={"impression_id": pl.String}).join(
+            self.histories_table.select("impression_id", "history"), on="impression_id", how="left"
         )
         lookup = dict(zip(found["impression_id"].to_list(), found["history"].to_list(), strict=True))
         lost = [r for r in codes if lookup.get(r) is None]

@@ -66,7 +66,14 @@ class InterestHead:
         if len(history) > 1:  # a request has one: nothing to share, and np.unique costs ~0.5 ms
             history, inverse = np.unique(history, axis=0, return_inverse=True)
             row_user = inverse.reshape(-1)[np.asarray(row_user, dtype=np.int64)]
-        users = self.user_vectors(history)
+        return self.score_users(self.user_vectors(history), row_user, row_item, extra)
+
+    @torch.no_grad()
+    def score_users(
+        self, users: torch.Tensor, row_user: np.ndarray, row_item: np.ndarray, extra: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """:meth:`scores` from user vectors already computed (``users``, (M, dim), from :meth:`user_vectors`): row
+        ``r`` pairs ``users[row_user[r]]`` with item ``row_item[r]``, (R,) float64."""
         table = self.vectors if extra is None or not len(extra) else torch.cat([self.vectors, extra.double()])
         device = self.vectors.device
         u = users[torch.from_numpy(np.asarray(row_user, dtype=np.int64)).to(device)]
@@ -199,6 +206,25 @@ class TextScorer:
         ``item_ids[r]``. One user-tower pass per history, one gather, one product: (R,) float64."""
         rows, extra = self.item_rows(item_ids, texts, given)
         return self.head.scores(self.history_matrix(histories), row_user, rows, extra)
+
+    def user_vectors(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        """The user vector of each history, (M, dim) float64: for one history, the very pass
+        :meth:`scores_rows` makes (a tower pass over one row), so its scores through :meth:`scores_users` are the
+        same bits."""
+        return self.head.user_vectors(self.history_matrix(histories))
+
+    def scores_users(
+        self,
+        users: torch.Tensor,
+        row_user: np.ndarray,
+        item_ids: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """:meth:`scores_rows` from user vectors already computed (:meth:`user_vectors`): row ``r`` pairs
+        ``users[row_user[r]]`` with ``item_ids[r]``, (R,) float64."""
+        rows, extra = self.item_rows(item_ids, texts, given)
+        return self.head.score_users(users, row_user, rows, extra)
 
     def scores(
         self,
