@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from features.behaviour import FeatureSpec, OnlineSnapshot, group_codes, snapshot_features
+from features.behaviour import TS, FeatureSpec, OnlineSnapshot, _utc_micros, group_codes, snapshot_features
+from features.snapshot_table import SnapshotFeatureTable
 
 REQUEST_KEYS = ("request_id", "user_id", "item_id")
 
@@ -61,8 +62,12 @@ class SnapshotFeatures:
     spec: FeatureSpec
     at: datetime | None = None
     _history: dict[str, list[str]] = field(init=False, repr=False)
+    # [(index, key, table)]: the snapshot's feature table and what it was built from (see feature_table); one
+    # list shared with at_time copies, so a copy per request does not build its own
+    _table: list[tuple[object, tuple[int, int, int], SnapshotFeatureTable | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._table = []
         users = self.snapshot.users
         self._history = (
             dict(zip(users["user_id"].to_list(), users["history"].to_list(), strict=True))
@@ -86,8 +91,27 @@ class SnapshotFeatures:
         return other
 
     def features(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Rows at the snapshot's own time over items it knows (the API's requests) gather the snapshot's
+        features, derived once per entity (:class:`features.snapshot_table.SnapshotFeatureTable`); any other
+        rows (another time, per-row times, new items) are derived from the gathered state here. The same bits
+        either way."""
         _check_keys(rows, REQUEST_KEYS)
-        return snapshot_features(self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, self._new_items(rows))
+        new_items = self._new_items(rows)
+        if new_items is None and rows.height and TS not in rows.columns:
+            table = self.feature_table()
+            if table is not None and table.key[0] == _utc_micros(self.at or self.snapshot.as_of):
+                return table.rows(rows["request_id"].to_list(), rows["user_id"].to_list(), rows["item_id"].to_list())
+        return snapshot_features(self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, new_items)
+
+    def feature_table(self) -> SnapshotFeatureTable | None:
+        """The snapshot's features at its own time under this spec (None when they cannot be tabled by entity),
+        built on first use and again whenever the snapshot's tables, time or global counts change."""
+        index, key = self.snapshot.index(), SnapshotFeatureTable.key_of(self.snapshot)
+        built = self._table[0] if self._table else None
+        if built is None or built[0] is not index or built[1] != key:
+            built = (index, key, SnapshotFeatureTable.build(self.snapshot, self.spec))
+            self._table[:] = [built]
+        return built[2]
 
     def _new_items(self, rows: pl.DataFrame) -> pl.DataFrame | None:
         """Attributes of the rows' items the snapshot does not know (None when every item is known)."""

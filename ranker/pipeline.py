@@ -90,6 +90,7 @@ class RankingPipeline:
     def __post_init__(self) -> None:
         self.online = SnapshotFeatures(self.snapshot, self.spec)
         self.snapshot.index()  # build the request-time key index now, not in the first request
+        self.online.feature_table()  # and the snapshot's features at its own time (what a request gathers)
         # user id -> user vector of a request's user (see _cached_user_vector), for this (online, text) pair
         self._user_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._user_cache_owner: tuple[object, object] = (self.online, self.text)
