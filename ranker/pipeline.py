@@ -240,10 +240,15 @@ class RankingPipeline:
         """One request as a frame of rows (the long format of batch scoring), candidates in request order."""
         ids = _checked_ids(candidates)
         n = len(ids)
+        distinct = set(ids)
+        known = self.snapshot.index().item_row.keys() >= distinct
+        if known and (self.text is None or self.text.index.keys() >= distinct):  # the common request: ids only
+            # Columns as Series (the constant ones repeated from one value): a dict of lists costs twice as much.
+            request = pl.Series("request_id", ["request"], dtype=pl.String).new_from_index(0, n)
+            user = pl.Series("user_id", [user_id], dtype=pl.String).new_from_index(0, n)
+            return pl.DataFrame([request, user, pl.Series("item_id", ids, dtype=pl.String)])
         columns = {"request_id": ["request"] * n, "user_id": [user_id] * n, "item_id": ids}
-        known = self.snapshot.index().item_row
-        if any(i not in known for i in ids) or any(self.needs_text(i) for i in ids):
-            columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
+        columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
         return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
     def score(
