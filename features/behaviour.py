@@ -349,6 +349,8 @@ def online_rows(
 
 def group_codes(keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """(each row's group index, the distinct keys in order of first appearance): rows grouped by key."""
+    if keys and keys.count(keys[0]) == len(keys):  # one group (a request): no dict
+        return np.zeros(len(keys), dtype=np.int64), [keys[0]]
     codes: dict[str, int] = {}
     code = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), np.int64, len(keys))
     return code, list(codes)

@@ -18,6 +18,7 @@ reads anything else (the position, say) gets no table, and its requests take the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,9 +120,9 @@ class SnapshotFeatureTable:
         """The feature rows of candidate rows (display order within each request; every item in the snapshot),
         requests at the snapshot's time: what :func:`features.behaviour.snapshot_features` gives them."""
         index, n = self.index, len(item_ids)
-        item_at = np.fromiter((index.item_row[i] for i in item_ids), np.int64, n)
-        unknown_user = index.users.height - 1
-        user_at = np.fromiter((index.user_row.get(u, unknown_user) for u in user_ids), np.int64, n)
+        item_at = np.fromiter(map(index.item_row.__getitem__, item_ids), np.int64, n)
+        unknown_user = itertools.repeat(index.users.height - 1, n)
+        user_at = np.fromiter(map(index.user_row.get, user_ids, unknown_user), np.int64, n)
         position, size = request_positions(request_ids)
         pos, hit = index.category_rows(user_at, index.item_code[item_at])
         pair_at = np.where(hit, pos, len(index.ucat_keys) + user_at)

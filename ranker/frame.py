@@ -8,6 +8,7 @@ layout it needs (feature order, categorical vocabularies) is a :class:`RankerInp
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -118,19 +119,23 @@ def model_matrix(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
     query, ~40 µs a request); ``tests/ranker/test_frame.py`` holds the two equal. A numeric column goes to
     numpy as it is and is widened there (the same IEEE conversion as polars' cast, without a Series).
     """
-    missing = [f for f in inputs.features if f not in frame.columns]
+    present = set(frame.columns)
+    missing = [f for f in inputs.features if f not in present]
     if missing:
         raise RankingFrameError(f"ranking frame: column {missing[0]!r} missing (needs {list(inputs.features)})")
-    out = np.empty((frame.height, len(inputs.features)), dtype=np.float64)
-    for j, name in enumerate(inputs.features):
+    columns = []
+    for name in inputs.features:
         column = frame.get_column(name)
         if name in inputs.categorical:
-            out[:, j] = _category_codes(column, inputs.vocab[name])
-        elif column.dtype.is_numeric() and not column.dtype.is_decimal():
-            out[:, j] = column.to_numpy()  # a null comes back as NaN
-        else:
-            out[:, j] = column.cast(pl.Float64).to_numpy()
-    return out
+            columns.append(_category_codes(column, inputs.vocab[name]))
+            continue
+        values = column.to_numpy()  # a null comes back as NaN
+        if values.dtype.kind not in "iuf":  # booleans, decimals (objects), strings: polars' cast
+            values = column.cast(pl.Float64).to_numpy()
+        columns.append(values)
+    if not columns:
+        return np.empty((frame.height, 0), dtype=np.float64)
+    return np.stack(columns, axis=1, dtype=np.float64)
 
 
 SMALL_FRAME = 4096  # rows up to which category codes come from a dict (a request), not an Enum cast (a table)
@@ -141,7 +146,8 @@ def _category_codes(column: pl.Series, vocab: tuple[str, ...]) -> np.ndarray:
     strings = column.cast(pl.String)
     if strings.len() <= SMALL_FRAME:
         codes = _vocab_codes(vocab)
-        return np.fromiter((codes.get(v, np.nan) for v in strings.to_list()), np.float64, strings.len())
+        n = strings.len()
+        return np.fromiter(map(codes.get, strings.to_list(), itertools.repeat(np.nan, n)), np.float64, n)
     return strings.cast(_vocab_enum(vocab), strict=False).to_physical().cast(pl.Float64).to_numpy()
 
 

@@ -272,6 +272,7 @@ class RankingPipeline:
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
         scores = self.score(user_id, candidates, at, vectors)
-        order = np.argsort(-scores, kind="stable")
-        ranked = [(candidates[i].item_id, float(scores[i])) for i in order]
+        order = np.argsort(-scores, kind="stable").tolist()
+        values = scores.tolist()  # Python floats, the same values as float(scores[i]), a list at a time
+        ranked = [(candidates[i].item_id, values[i]) for i in order]
         return ranked[:k] if k else ranked

@@ -94,10 +94,11 @@ def test_category_codes_of_a_request_equal_the_enum_codes_of_a_table(rows: int) 
             "f32": pl.Series(rng.normal(size=rows), dtype=pl.Float32),
             "nullable": pl.Series([None if k % 3 == 0 else k for k in range(rows)], dtype=pl.Int64),
             "flag": rng.random(rows) < 0.5,
+            "price": pl.Series(rng.integers(0, 10**6, rows), dtype=pl.Int64).cast(pl.Decimal(10, 2)) / 100,
         }
     )
     inputs = RankerInputs(
-        features=("i64", "category", "i32", "u8", "f32", "nullable", "flag", "genre"),
+        features=("i64", "category", "i32", "u8", "f32", "nullable", "flag", "price", "genre"),
         categorical=("category", "genre"),
         vocab={"category": vocab, "genre": vocab},
     )
