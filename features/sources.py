@@ -42,10 +42,13 @@ class FeatureSource(Protocol):
         ...
 
 
-def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> None:
-    missing = [c for c in keys if c not in rows.columns]
+def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> list[str]:
+    """``rows``' columns; a FeatureSourceError naming the first of ``keys`` missing."""
+    columns = rows.columns
+    missing = [c for c in keys if c not in columns]
     if missing:
         raise FeatureSourceError(f"rows: column {missing[0]!r} missing (needs {', '.join(keys)})")
+    return columns
 
 
 @dataclass
@@ -95,12 +98,15 @@ class SnapshotFeatures:
         features, derived once per entity (:class:`features.snapshot_table.SnapshotFeatureTable`); any other
         rows (another time, per-row times, new items) are derived from the gathered state here. The same bits
         either way."""
-        _check_keys(rows, REQUEST_KEYS)
-        new_items = self._new_items(rows)
-        if new_items is None and rows.height and TS not in rows.columns:
+        columns = _check_keys(rows, REQUEST_KEYS)
+        item = rows.get_column("item_id")
+        items = item.to_list()
+        new_items = self._new_items(rows, items)
+        if new_items is None and items and TS not in columns:
             table = self.feature_table()
-            if table is not None and table.key[0] == _utc_micros(self.at or self.snapshot.as_of):
-                return table.rows(rows["request_id"].to_list(), rows["user_id"].to_list(), rows["item_id"].to_list())
+            if table is not None and (self.at is None or table.key[0] == _utc_micros(self.at)):
+                ids = [rows.get_column(c).to_list() for c in ("request_id", "user_id")]
+                return table.rows(*ids, items, item)
         return snapshot_features(self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, new_items)
 
     def feature_table(self) -> SnapshotFeatureTable | None:
@@ -113,12 +119,13 @@ class SnapshotFeatures:
             self._table[:] = [built]
         return built[2]
 
-    def _new_items(self, rows: pl.DataFrame) -> pl.DataFrame | None:
-        """Attributes of the rows' items the snapshot does not know (None when every item is known)."""
+    def _new_items(self, rows: pl.DataFrame, items: list[str]) -> pl.DataFrame | None:
+        """Attributes of the rows' items (``items``: their ids) the snapshot does not know (None when every item
+        is known)."""
         known = self.snapshot.index().item_row
-        unknown = [i for i, item in enumerate(rows["item_id"].to_list()) if item not in known]
-        if not unknown:
+        if known.keys() >= set(items):
             return None
+        unknown = [i for i, item in enumerate(items) if item not in known]
         category = rows["category"][unknown] if "category" in rows.columns else pl.Series([None] * len(unknown))
         return pl.DataFrame(
             {

@@ -99,7 +99,7 @@ def _one_group_rank(score: pl.Series) -> np.ndarray:
     an integer over 2, so exact in float64 however polars sums it, and the scaling is the same two float64
     operations. Hence the same bits as the query.
     """
-    x = score.cast(pl.Float64).to_numpy()
+    x = _float64(score)
     n = len(x)
     if n == 1:
         return np.zeros(1)
@@ -138,6 +138,11 @@ def model_matrix(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
     return np.stack(columns, axis=1, dtype=np.float64)
 
 
+def _float64(column: pl.Series) -> np.ndarray:
+    """``column`` cast to Float64, as numpy (no cast when it is Float64 already: a request pays per call)."""
+    return (column if column.dtype == pl.Float64 else column.cast(pl.Float64)).to_numpy()
+
+
 SMALL_FRAME = 4096  # rows up to which category codes come from a dict (a request), not an Enum cast (a table)
 
 
@@ -165,7 +170,7 @@ def base_margin(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
     name = inputs.base_score
     if name not in frame.columns:
         raise RankingFrameError(f"ranking frame: base-score column {name!r} missing")
-    p = frame.get_column(name).cast(pl.Float64).to_numpy()
+    p = _float64(frame.get_column(name))
     bad = ~((p > 0) & (p < 1))  # also NaN and null (NaN after to_numpy)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

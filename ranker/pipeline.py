@@ -14,6 +14,7 @@ A request is that method on a one-request frame (:meth:`RankingPipeline.score`).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Container, Mapping, Sequence
@@ -72,6 +73,13 @@ def _checked_ids(candidates: Sequence[Candidate]) -> list[str]:
                 )
             first[item] = pos
     return ids
+
+
+@functools.lru_cache(maxsize=256)
+def _request_column(n: int) -> pl.Series:
+    """``request_id`` of a one-request frame of ``n`` rows, built once per size (polars shares a column's buffers
+    copy-on-write: no frame holding it can change it)."""
+    return pl.Series("request_id", ["request"] * n, dtype=pl.String)
 
 
 @dataclass
@@ -146,7 +154,7 @@ class RankingPipeline:
         if self.inputs.uses_text:
             histories, group = source.histories(rows)
             items = rows["item_id"].to_list()
-            texts = self._texts_of(rows, vectors or {})
+            texts = self._texts_of(rows, items, vectors or {})
             user = self._cached_user_vector(source, rows, histories)
             if user is None:
                 interest = self.text.scores_rows(histories, group, items, texts, vectors)
@@ -193,12 +201,12 @@ class RankingPipeline:
         online, text = self._user_cache_owner
         return online is self.online and text is self.text
 
-    def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
+    def _texts_of(self, rows: pl.DataFrame, items: Sequence[str], encoded: Container[str]) -> dict[str, str]:
         """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,
         rendered with the text model's saved prompt; the first such item without text is a
         :class:`RankingRequestError`."""
         index = self.text.index
-        unknown = [r for r, item in enumerate(rows["item_id"].to_list()) if item not in index and item not in encoded]
+        unknown = [r for r, item in enumerate(items) if item not in index and item not in encoded]
         if not unknown:
             return {}
         fields = [f for f in TEMPLATE_FIELDS if f in rows.columns]
@@ -244,9 +252,8 @@ class RankingPipeline:
         known = self.snapshot.index().item_row.keys() >= distinct
         if known and (self.text is None or self.text.index.keys() >= distinct):  # the common request: ids only
             # Columns as Series (the constant ones repeated from one value): a dict of lists costs twice as much.
-            request = pl.Series("request_id", ["request"], dtype=pl.String).new_from_index(0, n)
             user = pl.Series("user_id", [user_id], dtype=pl.String).new_from_index(0, n)
-            return pl.DataFrame([request, user, pl.Series("item_id", ids, dtype=pl.String)])
+            return pl.DataFrame([_request_column(n), user, pl.Series("item_id", ids, dtype=pl.String)])
         columns = {"request_id": ["request"] * n, "user_id": [user_id] * n, "item_id": ids}
         columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
         return pl.DataFrame(columns, schema={k: pl.String for k in columns})
@@ -272,7 +279,7 @@ class RankingPipeline:
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
         scores = self.score(user_id, candidates, at, vectors)
-        order = np.argsort(-scores, kind="stable").tolist()
+        order = (-scores).argsort(kind="stable").tolist()
         values = scores.tolist()  # Python floats, the same values as float(scores[i]), a list at a time
         ranked = [(candidates[i].item_id, values[i]) for i in order]
         return ranked[:k] if k else ranked

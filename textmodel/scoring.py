@@ -69,12 +69,15 @@ class InterestHead:
             row_user = inverse.reshape(-1)[np.asarray(row_user, dtype=np.int64)]
         return self.score_users(self.user_vectors(history), row_user, row_item, extra)
 
-    @torch.no_grad()
     def score_users(
         self, users: torch.Tensor, row_user: np.ndarray, row_item: np.ndarray, extra: torch.Tensor | None = None
     ) -> np.ndarray:
         """:meth:`scores` from user vectors already computed (``users``, (M, dim), from :meth:`user_vectors`): row
-        ``r`` pairs ``users[row_user[r]]`` with item ``row_item[r]``, (R,) float64."""
+        ``r`` pairs ``users[row_user[r]]`` with item ``row_item[r]``, (R,) float64.
+
+        No ``no_grad`` of its own (a request pays for the context): nothing here requires a gradient (the table
+        and the scale are detached, user vectors come from :meth:`user_vectors`), and if a caller's vectors did,
+        ``numpy()`` would refuse them loudly."""
         table = self.vectors if extra is None or not len(extra) else torch.cat([self.vectors, extra.double()])
         device = self.vectors.device
         # index_select, not indexing: the same rows copied, at half the fixed cost (~15 µs a request). One user
