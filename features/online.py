@@ -92,7 +92,8 @@ class SnapshotIndex:
 
     def indexes(self, items: pl.DataFrame, users: pl.DataFrame, user_categories: pl.DataFrame) -> bool:
         """True when built from exactly these frames (a snapshot whose tables were replaced needs a new index)."""
-        return all(a is b for a, b in zip(self.sources, (items, users, user_categories), strict=True))
+        known_items, known_users, known_categories = self.sources
+        return known_items is items and known_users is users and known_categories is user_categories
 
     def state(self, user_id: str, item_ids: Sequence[str], new_items: pl.DataFrame | None = None) -> pl.DataFrame:
         """State rows of one request, candidates in order: ``item_id``, ``category``, ``published_at``, the item

@@ -65,9 +65,9 @@ class RankerInputs:
             base_score=raw.get("base_score"),  # absent in rankers saved before it existed: boosted from zero
         )
 
-    @property
+    @functools.cached_property
     def uses_text(self) -> bool:
-        """True when any input comes from the text model (the score or its rank)."""
+        """True when any input comes from the text model (the score or its rank). Cached: a request asks."""
         return any(f in TEXT_FEATURES for f in self.features)
 
 
@@ -78,13 +78,14 @@ def with_interest_rank(frame: pl.DataFrame, group: str = GROUP) -> pl.DataFrame:
     :func:`_one_group_rank` instead: the same number in numpy, without a query's fixed cost (~0.5 ms for ~100
     rows); ``tests/ranker/test_frame.py`` holds the two equal bit for bit (ties, signed zeros, NaN).
     """
+    score = frame.get_column("interest_score")
     if (
         frame.height
+        and not score.has_nulls()
         and "interest_rank" not in frame.columns
-        and not frame.get_column("interest_score").has_nulls()
         and frame.get_column(group).n_unique() == 1
     ):
-        return frame.hstack([pl.Series("interest_rank", _one_group_rank(frame.get_column("interest_score")))])
+        return frame.hstack([pl.Series("interest_rank", _one_group_rank(score))])
     n = pl.len().over(group)
     rank = pl.col("interest_score").rank("average", descending=True).over(group)
     return frame.with_columns(pl.when(n > 1).then((rank - 1) / (n - 1)).otherwise(0.0).alias("interest_rank"))
@@ -171,8 +172,8 @@ def base_margin(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
     if name not in frame.columns:
         raise RankingFrameError(f"ranking frame: base-score column {name!r} missing")
     p = _float64(frame.get_column(name))
-    bad = ~((p > 0) & (p < 1))  # also NaN and null (NaN after to_numpy)
-    if bad.any():
+    if len(p) and not (p.min() > 0 and p.max() < 1):  # also NaN and null (NaN after to_numpy): NaN fails both
+        bad = ~((p > 0) & (p < 1))
         row = int(np.flatnonzero(bad)[0])
         raise RankingFrameError(
             f"ranking frame: base-score column {name!r}: {int(bad.sum())} value(s) outside (0, 1), "
