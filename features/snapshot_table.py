@@ -73,9 +73,9 @@ class SnapshotFeatureTable:
     key: tuple[int, int, int]  # (as_of in µs, global impressions, global clicks) it was derived at
     columns: tuple[str, ...]  # the output: item_id, category, the feature columns
     sides: dict[str, str]
-    items: _Columns
-    users: _Columns
-    pairs: _Columns
+    items: pl.DataFrame
+    users: pl.DataFrame
+    pairs: pl.DataFrame
 
     @staticmethod
     def key_of(snapshot: OnlineSnapshot) -> tuple[int, int, int]:
@@ -112,9 +112,9 @@ class SnapshotFeatureTable:
             key=cls.key_of(snapshot),
             columns=("item_id", "category", *spec.feature_columns),
             sides=sides,
-            items=_Columns.of(derived_rows(items, spec, of["item"]) if "item" in of else empty),
-            users=_Columns.of(derived_rows(users, spec, of["user"]) if "user" in of else empty),
-            pairs=_Columns.of(derived_rows(pairs, spec, of["pair"]) if "pair" in of else empty),
+            items=derived_rows(items, spec, of["item"]) if "item" in of else empty,
+            users=derived_rows(users, spec, of["user"]) if "user" in of else empty,
+            pairs=derived_rows(pairs, spec, of["pair"]) if "pair" in of else empty,
         )
 
     def rows(
@@ -136,12 +136,12 @@ class SnapshotFeatureTable:
         if item_column is None or item_column.dtype != pl.String or item_column.name != "item_id":
             item_column = pl.Series("item_id", list(item_ids), dtype=pl.String)
         columns = {"item_id": item_column}
-        columns.update(self.items.take(item_at))
+        columns.update(_gather(self.items, item_at))
         if n and user_ids.count(user_ids[0]) == n:  # one user (a request): repeat its row
-            columns.update((c.name, c.new_from_index(int(user_at[0]), n)) for c in self.users.series)
+            columns.update((c.name, c.new_from_index(int(user_at[0]), n)) for c in self.users.get_columns())
         else:
-            columns.update(self.users.take(user_at))
-        columns.update(self.pairs.take(pair_at))
+            columns.update(_gather(self.users, user_at))
+        columns.update(_gather(self.pairs, pair_at))
         if n and request_ids.count(request_ids[0]) == n:  # one request
             columns["position"], columns["impression_size"] = _one_request(n)
         else:
@@ -161,34 +161,7 @@ def _one_request(n: int) -> tuple[pl.Series, pl.Series]:
     return pl.Series("position", np.arange(n, dtype=np.int32)), pl.Series("impression_size", np.full(n, n, np.int32))
 
 
-@dataclass(frozen=True)
-class _Columns:
-    """One side's derived columns, each ready to be gathered by row: as numpy (nulls as 0) with its null mask
-    (None: no null) when it is a plain number whose numpy array converts back to its dtype, else as polars."""
-
-    series: tuple[pl.Series, ...]
-    values: tuple[np.ndarray | None, ...]
-    nulls: tuple[np.ndarray | None, ...]
-
-    @classmethod
-    def of(cls, table: pl.DataFrame) -> _Columns:
-        series, values, nulls = table.get_columns(), [], []
-        for column in series:
-            array = column.fill_null(0).to_numpy()
-            plain = array.dtype.kind in "iuf" and pl.Series(array).dtype == column.dtype
-            values.append(array if plain else None)
-            nulls.append(column.is_null().to_numpy() if plain and column.has_nulls() else None)
-        return cls(tuple(series), tuple(values), tuple(nulls))
-
-    def take(self, at: np.ndarray) -> dict[str, pl.Series]:
-        """Rows ``at`` of every column, by name. A numpy take and a Series per column where the rows taken hold no
-        null (the same values, the same dtype), a polars gather otherwise: polars' gather of ~100 rows costs ~3x
-        more (its index conversion, a DataFrame's thread pool)."""
-        out, at32 = {}, None
-        for column, values, nulls in zip(self.series, self.values, self.nulls, strict=True):
-            if values is not None and (nulls is None or not nulls[at].any()):
-                out[column.name] = pl.Series(column.name, values[at])
-            else:
-                at32 = at.astype(np.uint32) if at32 is None else at32
-                out[column.name] = column[at32]
-        return out
+def _gather(table: pl.DataFrame, at: np.ndarray) -> dict[str, pl.Series]:
+    """``table``'s rows ``at`` by column name: one gather by a UInt32 Series (polars' index type). Indexing by the
+    numpy array itself would first convert and check it in Python, three times the cost for ~100 rows."""
+    return {c.name: c for c in table[pl.Series("", at.astype(np.uint32))].get_columns()} if table.width else {}
