@@ -149,7 +149,7 @@ SMALL_FRAME = 4096  # rows up to which category codes come from a dict (a reques
 
 def _category_codes(column: pl.Series, vocab: tuple[str, ...]) -> np.ndarray:
     """Each value's index in ``vocab`` as float64, NaN for a null or a value outside it: the Enum's physical code."""
-    strings = column.cast(pl.String)
+    strings = column if column.dtype == pl.String else column.cast(pl.String)
     if strings.len() <= SMALL_FRAME:
         codes = _vocab_codes(vocab)
         n = strings.len()

@@ -152,11 +152,11 @@ class RankingPipeline:
         source = source or self.online
         frame = source.features(rows)
         if self.inputs.uses_text:
-            histories, group = source.histories(rows)
-            items = rows["item_id"].to_list()
+            items = rows.get_column("item_id").to_list()
             texts = self._texts_of(rows, items, vectors or {})
-            user = self._cached_user_vector(source, rows, histories)
+            user, group = self._cached_user_vector(source, rows)
             if user is None:
+                histories, group = source.histories(rows)
                 interest = self.text.scores_rows(histories, group, items, texts, vectors)
             else:
                 interest = self.text.scores_users(user, group, items, texts, vectors)
@@ -166,10 +166,11 @@ class RankingPipeline:
         return frame
 
     def _cached_user_vector(
-        self, source: FeatureSource, rows: pl.DataFrame, histories: Sequence[Sequence[str]]
-    ) -> torch.Tensor | None:
-        """The user vector of a one-user frame read from this pipeline's own snapshot (a request), from a bounded
-        LRU cache by user id; None for any other frame, which then scores as it always did.
+        self, source: FeatureSource, rows: pl.DataFrame
+    ) -> tuple[torch.Tensor, np.ndarray] | tuple[None, None]:
+        """(the user vector, each row's user: all 0) of a one-user frame read from this pipeline's own snapshot (a
+        request), from a bounded LRU cache by user id; (None, None) for any other frame, which then scores as it
+        always did.
 
         Why it is exact: a pipeline's snapshot, and with it every user's history, never changes (a new snapshot
         is a new pipeline), and a miss computes the vector with the very tower pass an uncached one-user frame
@@ -178,9 +179,10 @@ class RankingPipeline:
         users takes its vectors from one batched pass whose bits must not depend on what was served before.
         The cache follows the pipeline's ``online`` source and text model: replacing either empties it.
         """
-        if len(histories) != 1 or not self.online.shares_histories(source):
-            return None
-        user = rows.get_column("user_id")[0]
+        users = rows.get_column("user_id").to_list()
+        if not users or users.count(users[0]) != len(users) or not self.online.shares_histories(source):
+            return None, None
+        user, group = users[0], np.zeros(len(users), dtype=np.int64)  # as source.histories groups one user
         with self._user_cache_lock:
             if not self._owns_user_cache():
                 self._user_cache.clear()
@@ -188,14 +190,14 @@ class RankingPipeline:
             vector = self._user_cache.get(user)
             if vector is not None:
                 self._user_cache.move_to_end(user)
-                return vector
-        vector = self.text.user_vectors(histories)
+                return vector, group
+        vector = self.text.user_vectors([self.online.history(user)])  # what source.histories gives this user
         with self._user_cache_lock:
             if self._owns_user_cache():  # not emptied for another model while this vector was computed
                 self._user_cache[user] = vector
                 while len(self._user_cache) > self.user_cache_size:
                     self._user_cache.popitem(last=False)
-        return vector
+        return vector, group
 
     def _owns_user_cache(self) -> bool:
         online, text = self._user_cache_owner

@@ -82,12 +82,16 @@ class InterestHead:
         device = self.vectors.device
         # index_select, not indexing: the same rows copied, at half the fixed cost (~15 µs a request). One user
         # (a request) is broadcast, not gathered: the same products, so the same sums.
-        v = torch.index_select(table, 0, torch.from_numpy(np.asarray(row_item, dtype=np.int64)).to(device))
+        cpu = device.type == "cpu"  # no device moves to ask for (each is a dispatch a request pays)
+        item_at = torch.from_numpy(np.asarray(row_item, dtype=np.int64))
+        v = torch.index_select(table, 0, item_at if cpu else item_at.to(device))
         if len(users) == 1:
             u = users
         else:
-            u = torch.index_select(users, 0, torch.from_numpy(np.asarray(row_user, dtype=np.int64)).to(device))
-        return (self.scale * (u * v).sum(dim=-1)).cpu().numpy()
+            user_at = torch.from_numpy(np.asarray(row_user, dtype=np.int64))
+            u = torch.index_select(users, 0, user_at if cpu else user_at.to(device))
+        scores = self.scale * (u * v).sum(dim=-1)
+        return (scores if cpu else scores.cpu()).numpy()
 
 
 def score_rows(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> np.ndarray:
