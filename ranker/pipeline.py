@@ -93,7 +93,7 @@ class RankingPipeline:
     snapshot: OnlineSnapshot
     text: object | None  # textmodel.scoring.TextScorer when the ranker uses the interest score
     versions: dict[str, str] = field(default_factory=dict)
-    user_cache_size: int = 16_384  # users whose vectors a request may reuse (a few hundred bytes each)
+    user_cache_size: int = 16_384  # users whose vectors a request may reuse (dim x 8 bytes and a tensor each)
 
     def __post_init__(self) -> None:
         self.online = SnapshotFeatures(self.snapshot, self.spec)
