@@ -117,6 +117,24 @@ def _derived(spec: FeatureSpec) -> tuple[pl.Expr, ...]:
     )
 
 
+def derived_rows(frame: pl.DataFrame, spec: FeatureSpec, columns: Sequence[str]) -> pl.DataFrame:
+    """:func:`derive` of a frame in memory, then its ``columns``: one eager ``select`` of derive's own expressions.
+
+    For request-sized frames: a lazy query on the default engine plans with every optimisation and starts the
+    streaming engine, ~0.4 ms for ~100 rows, where this costs ~0.15 ms. The same expressions evaluated element
+    by element, so the same bits (``tests/features/test_online.py`` holds the two equal on frames of 1 to
+    1,000 rows with nulls; the divisions by a float literal that once rounded apart are multiplications now).
+    """
+    return frame.select(_derived_selection(spec, tuple(columns)))
+
+
+@functools.cache
+def _derived_selection(spec: FeatureSpec, columns: tuple[str, ...]) -> tuple[pl.Expr, ...]:
+    """``columns`` as expressions: derive's own for the columns it makes, the input column for the others."""
+    derived = {expr.meta.output_name(): expr for expr in _derived(spec)}
+    return tuple(derived.get(c, pl.col(c)) for c in columns)
+
+
 # ---- offline features and the snapshot, in one pass ---------------------------------------------------
 
 PROBE = "\x00probe"  # id of the dummy side of a probe row; cannot collide with a real (validated) id
@@ -331,6 +349,8 @@ def online_rows(
 
 def group_codes(keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """(each row's group index, the distinct keys in order of first appearance): rows grouped by key."""
+    if keys and keys.count(keys[0]) == len(keys):  # one group (a request): no dict
+        return np.zeros(len(keys), dtype=np.int64), [keys[0]]
     codes: dict[str, int] = {}
     code = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), np.int64, len(keys))
     return code, list(codes)
@@ -402,4 +422,4 @@ def snapshot_features(
         pl.Series("global_impressions_before", np.full(n, snapshot.global_impressions, dtype=np.int64)),
         pl.Series("global_clicks_before", np.full(n, snapshot.global_clicks, dtype=np.int64)),
     ]
-    return derive(state.hstack(request).lazy(), spec).select("item_id", "category", *spec.feature_columns).collect()
+    return derived_rows(state.hstack(request), spec, ("item_id", "category", *spec.feature_columns))

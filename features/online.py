@@ -92,7 +92,8 @@ class SnapshotIndex:
 
     def indexes(self, items: pl.DataFrame, users: pl.DataFrame, user_categories: pl.DataFrame) -> bool:
         """True when built from exactly these frames (a snapshot whose tables were replaced needs a new index)."""
-        return all(a is b for a, b in zip(self.sources, (items, users, user_categories), strict=True))
+        known_items, known_users, known_categories = self.sources
+        return known_items is items and known_users is users and known_categories is user_categories
 
     def state(self, user_id: str, item_ids: Sequence[str], new_items: pl.DataFrame | None = None) -> pl.DataFrame:
         """State rows of one request, candidates in order: ``item_id``, ``category``, ``published_at``, the item
@@ -146,8 +147,8 @@ class SnapshotIndex:
             return [column.new_from_index(int(user_at[0]), len(user_at)) for column in self.users.get_columns()]
         return [column.gather(user_at) for column in self.users.get_columns()]
 
-    def _category_clicks_rows(self, user_at: np.ndarray, codes: np.ndarray) -> pl.Series:
-        """Each row's user's clicks in its item's category: a sorted-key lookup; null where there is no row."""
+    def category_rows(self, user_at: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in ``ucat_keys``, found) of each row's (user row, item category code): a sorted-key lookup."""
         none = len(self.category_code)
         keys = user_at * (none + 1) + codes
         pos = np.searchsorted(self.ucat_keys, keys)
@@ -155,9 +156,18 @@ class SnapshotIndex:
         hit = np.zeros(len(keys), dtype=bool)
         hit[inside] = self.ucat_keys[pos[inside]] == keys[inside]
         hit &= codes != none  # an item without a category has no affinity row
-        values = np.full(len(keys), -1, dtype=np.int64)
+        return pos, hit
+
+    def category_clicks(self, clicks: np.ndarray) -> pl.Series:
+        """``user_category_clicks_before`` from clicks as sorted (``ucat_sorted_clicks``; -1 = null)."""
+        return pl.Series(UCAT, np.where(clicks < 0, np.nan, clicks), nan_to_null=True).cast(self.ucat_dtype)
+
+    def _category_clicks_rows(self, user_at: np.ndarray, codes: np.ndarray) -> pl.Series:
+        """Each row's user's clicks in its item's category: a sorted-key lookup; null where there is no row."""
+        pos, hit = self.category_rows(user_at, codes)
+        values = np.full(len(user_at), -1, dtype=np.int64)
         values[hit] = self.ucat_sorted_clicks[pos[hit]]
-        return pl.Series(UCAT, np.where(values < 0, np.nan, values), nan_to_null=True).cast(self.ucat_dtype)
+        return self.category_clicks(values)
 
     def _gather(self, at: np.ndarray) -> list[pl.Series]:
         """``self.items[at]`` column by column, the counts through numpy (a third faster for ~100 rows)."""

@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from features.behaviour import FeatureSpec, OnlineSnapshot, group_codes, snapshot_features
+from features.behaviour import TS, FeatureSpec, OnlineSnapshot, _utc_micros, group_codes, snapshot_features
+from features.snapshot_table import SnapshotFeatureTable
 
 REQUEST_KEYS = ("request_id", "user_id", "item_id")
 
@@ -41,10 +42,13 @@ class FeatureSource(Protocol):
         ...
 
 
-def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> None:
-    missing = [c for c in keys if c not in rows.columns]
+def _check_keys(rows: pl.DataFrame, keys: tuple[str, ...]) -> list[str]:
+    """``rows``' columns; a FeatureSourceError naming the first of ``keys`` missing."""
+    columns = rows.columns
+    missing = [c for c in keys if c not in columns]
     if missing:
         raise FeatureSourceError(f"rows: column {missing[0]!r} missing (needs {', '.join(keys)})")
+    return columns
 
 
 @dataclass
@@ -61,8 +65,12 @@ class SnapshotFeatures:
     spec: FeatureSpec
     at: datetime | None = None
     _history: dict[str, list[str]] = field(init=False, repr=False)
+    # [(index, key, table)]: the snapshot's feature table and what it was built from (see feature_table); one
+    # list shared with at_time copies, so a copy per request does not build its own
+    _table: list[tuple[object, tuple[int, int, int], SnapshotFeatureTable | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._table = []
         users = self.snapshot.users
         self._history = (
             dict(zip(users["user_id"].to_list(), users["history"].to_list(), strict=True))
@@ -73,6 +81,11 @@ class SnapshotFeatures:
     def history(self, user_id: str) -> list[str]:
         return self._history.get(user_id) or []
 
+    def shares_histories(self, other: object) -> bool:
+        """True when ``other`` is a snapshot source reading this one's history table (``at_time`` copies do): the
+        same user id has the same history in both, whatever their request times."""
+        return type(other) is SnapshotFeatures and other._history is self._history
+
     def at_time(self, at: datetime) -> SnapshotFeatures:
         """The same source read at request time ``at`` (the history table is shared, not rebuilt); rows with
         their own ``ts`` still use it."""
@@ -81,17 +94,38 @@ class SnapshotFeatures:
         return other
 
     def features(self, rows: pl.DataFrame) -> pl.DataFrame:
-        _check_keys(rows, REQUEST_KEYS)
-        return snapshot_features(
-            self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, self._new_items(rows)
-        )
+        """Rows at the snapshot's own time over items it knows (the API's requests) gather the snapshot's
+        features, derived once per entity (:class:`features.snapshot_table.SnapshotFeatureTable`); any other
+        rows (another time, per-row times, new items) are derived from the gathered state here. The same bits
+        either way."""
+        columns = _check_keys(rows, REQUEST_KEYS)
+        item = rows.get_column("item_id")
+        items = item.to_list()
+        new_items = self._new_items(rows, items)
+        if new_items is None and items and TS not in columns:
+            table = self.feature_table()
+            if table is not None and (self.at is None or table.key[0] == _utc_micros(self.at)):
+                ids = [rows.get_column(c).to_list() for c in ("request_id", "user_id")]
+                return table.rows(*ids, items, item)
+        return snapshot_features(self.snapshot, rows, self.at or self.snapshot.as_of, self.spec, new_items)
 
-    def _new_items(self, rows: pl.DataFrame) -> pl.DataFrame | None:
-        """Attributes of the rows' items the snapshot does not know (None when every item is known)."""
+    def feature_table(self) -> SnapshotFeatureTable | None:
+        """The snapshot's features at its own time under this spec (None when they cannot be tabled by entity),
+        built on first use and again whenever the snapshot's tables, time or global counts change."""
+        index, key = self.snapshot.index(), SnapshotFeatureTable.key_of(self.snapshot)
+        built = self._table[0] if self._table else None
+        if built is None or built[0] is not index or built[1] != key:
+            built = (index, key, SnapshotFeatureTable.build(self.snapshot, self.spec))
+            self._table[:] = [built]
+        return built[2]
+
+    def _new_items(self, rows: pl.DataFrame, items: list[str]) -> pl.DataFrame | None:
+        """Attributes of the rows' items (``items``: their ids) the snapshot does not know (None when every item
+        is known)."""
         known = self.snapshot.index().item_row
-        unknown = [i for i, item in enumerate(rows["item_id"].to_list()) if item not in known]
-        if not unknown:
+        if known.keys() >= set(items):
             return None
+        unknown = [i for i, item in enumerate(items) if item not in known]
         category = rows["category"][unknown] if "category" in rows.columns else pl.Series([None] * len(unknown))
         return pl.DataFrame(
             {
@@ -150,9 +184,8 @@ class PointInTimeFeatures:
         """One history per impression: its user's clicks strictly before it."""
         _check_keys(rows, REQUEST_KEYS)
         group, codes = group_codes(rows["request_id"].to_list())
-        found = (
-            pl.DataFrame({"impression_id": codes}, schema={"impression_id": pl.String})
-            .join(self.histories_table.select("impression_id", "history"), on="impression_id", how="left")
+        found = pl.DataFrame({"impression_id": codes}, schema={"impression_id": pl.String}).join(
+            self.histories_table.select("impression_id", "history"), on="impression_id", how="left"
         )
         lookup = dict(zip(found["impression_id"].to_list(), found["history"].to_list(), strict=True))
         lost = [r for r in codes if lookup.get(r) is None]

@@ -14,10 +14,14 @@ A request is that method on a one-request frame (:meth:`RankingPipeline.score`).
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -29,6 +33,9 @@ from features.sources import FeatureSource, SnapshotFeatures
 from ranker.explain import Explanation, explain_frame
 from ranker.frame import GROUP, RankerInputs, with_interest_rank
 from ranker.lambdarank import predict
+
+if TYPE_CHECKING:  # torch is imported only when a text model is loaded
+    import torch
 
 
 class RankingRequestError(ValueError):
@@ -70,6 +77,13 @@ def _checked_ids(candidates: Sequence[Candidate]) -> list[str]:
     return ids
 
 
+@functools.lru_cache(maxsize=256)
+def _request_column(n: int) -> pl.Series:
+    """``request_id`` of a one-request frame of ``n`` rows, built once per size (polars shares a column's buffers
+    copy-on-write: no frame holding it can change it)."""
+    return pl.Series("request_id", ["request"] * n, dtype=pl.String)
+
+
 @dataclass
 class RankingPipeline:
     """The scoring bundle: the booster with its inputs, the feature spec, the online snapshot and the pinned
@@ -81,10 +95,16 @@ class RankingPipeline:
     snapshot: OnlineSnapshot
     text: object | None  # textmodel.scoring.TextScorer when the ranker uses the interest score
     versions: dict[str, str] = field(default_factory=dict)
+    user_cache_size: int = 16_384  # users whose vectors a request may reuse (dim x 8 bytes and a tensor each)
 
     def __post_init__(self) -> None:
         self.online = SnapshotFeatures(self.snapshot, self.spec)
         self.snapshot.index()  # build the request-time key index now, not in the first request
+        self.online.feature_table()  # and the snapshot's features at its own time (what a request gathers)
+        # user id -> user vector of a request's user (see _cached_user_vector), for this (online, text) pair
+        self._user_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._user_cache_owner: tuple[object, object] = (self.online, self.text)
+        self._user_cache_lock = threading.Lock()
 
     def history(self, user_id: str) -> list[str]:
         return self.online.history(user_id)
@@ -146,12 +166,16 @@ class RankingPipeline:
             timings["features"] = time.perf_counter() - started
         if self.inputs.uses_text:
             started = time.perf_counter()
-            histories, group = source.histories(rows)
-            items = rows["item_id"].to_list()
-            texts = self._texts_of(rows, vectors or {})
-            interest = self.text.scores_rows(histories, group, items, texts, vectors)
+            items = rows.get_column("item_id").to_list()
+            texts = self._texts_of(rows, items, vectors or {})
+            user, group = self._cached_user_vector(source, rows)
+            if user is None:
+                histories, group = source.histories(rows)
+                interest = self.text.scores_rows(histories, group, items, texts, vectors)
+            else:
+                interest = self.text.scores_users(user, group, items, texts, vectors)
             # hstack, not with_columns: appending two columns needs no query (a fixed ~0.2 ms a request)
-            frame = frame.hstack([pl.Series("interest_score", interest), rows["request_id"].alias(GROUP)])
+            frame = frame.hstack([pl.Series("interest_score", interest), rows.get_column("request_id").alias(GROUP)])
             frame = with_interest_rank(frame)
             if timings is not None:
                 timings["text"] = time.perf_counter() - started
@@ -176,12 +200,50 @@ class RankingPipeline:
         )
         return np.array([e.score for e in explanations], dtype=np.float64), explanations
 
-    def _texts_of(self, rows: pl.DataFrame, encoded: Container[str]) -> dict[str, str]:
+    def _cached_user_vector(
+        self, source: FeatureSource, rows: pl.DataFrame
+    ) -> tuple[torch.Tensor, np.ndarray] | tuple[None, None]:
+        """(the user vector, each row's user: all 0) of a one-user frame read from this pipeline's own snapshot (a
+        request), from a bounded LRU cache by user id; (None, None) for any other frame, which then scores as it
+        always did.
+
+        Why it is exact: a pipeline's snapshot, and with it every user's history, never changes (a new snapshot
+        is a new pipeline), and a miss computes the vector with the very tower pass an uncached one-user frame
+        makes (:meth:`textmodel.scoring.TextScorer.user_vectors`). Why only then: another source (the point-in-time
+        rows of evaluation, or another snapshot) may give the same user id another history, and a frame of many
+        users takes its vectors from one batched pass whose bits must not depend on what was served before.
+        The cache follows the pipeline's ``online`` source and text model: replacing either empties it.
+        """
+        users = rows.get_column("user_id").to_list()
+        if not users or users.count(users[0]) != len(users) or not self.online.shares_histories(source):
+            return None, None
+        user, group = users[0], np.zeros(len(users), dtype=np.int64)  # as source.histories groups one user
+        with self._user_cache_lock:
+            if not self._owns_user_cache():
+                self._user_cache.clear()
+                self._user_cache_owner = (self.online, self.text)
+            vector = self._user_cache.get(user)
+            if vector is not None:
+                self._user_cache.move_to_end(user)
+                return vector, group
+        vector = self.text.user_vectors([self.online.history(user)])  # what source.histories gives this user
+        with self._user_cache_lock:
+            if self._owns_user_cache():  # not emptied for another model while this vector was computed
+                self._user_cache[user] = vector
+                while len(self._user_cache) > self.user_cache_size:
+                    self._user_cache.popitem(last=False)
+        return vector, group
+
+    def _owns_user_cache(self) -> bool:
+        online, text = self._user_cache_owner
+        return online is self.online and text is self.text
+
+    def _texts_of(self, rows: pl.DataFrame, items: Sequence[str], encoded: Container[str]) -> dict[str, str]:
         """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,
         rendered with the text model's saved prompt; the first such item without text is a
         :class:`RankingRequestError`."""
         index = self.text.index
-        unknown = [r for r, item in enumerate(rows["item_id"].to_list()) if item not in index and item not in encoded]
+        unknown = [r for r, item in enumerate(items) if item not in index and item not in encoded]
         if not unknown:
             return {}
         fields = [f for f in TEMPLATE_FIELDS if f in rows.columns]
@@ -223,10 +285,14 @@ class RankingPipeline:
         """One request as a frame of rows (the long format of batch scoring), candidates in request order."""
         ids = _checked_ids(candidates)
         n = len(ids)
+        distinct = set(ids)
+        known = self.snapshot.index().item_row.keys() >= distinct
+        if known and (self.text is None or self.text.index.keys() >= distinct):  # the common request: ids only
+            # Columns as Series (the constant ones repeated from one value): a dict of lists costs twice as much.
+            user = pl.Series("user_id", [user_id], dtype=pl.String).new_from_index(0, n)
+            return pl.DataFrame([_request_column(n), user, pl.Series("item_id", ids, dtype=pl.String)])
         columns = {"request_id": ["request"] * n, "user_id": [user_id] * n, "item_id": ids}
-        known = self.snapshot.index().item_row
-        if any(i not in known for i in ids) or any(self.needs_text(i) for i in ids):
-            columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
+        columns.update({f: [getattr(c, f) for c in candidates] for f in TEMPLATE_FIELDS})
         return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
     def score(
@@ -275,11 +341,12 @@ class RankingPipeline:
     ) -> list[tuple[str, float]]:
         """Candidates sorted by score (ties keep request order), the top ``k`` when given."""
         scores = self.score(user_id, candidates, at, vectors, timings)
-        return [(candidates[i].item_id, float(scores[i])) for i in ranking_order(scores, k)]
+        values = scores.tolist()  # Python floats, the same values as float(scores[i]), a list at a time
+        return [(candidates[i].item_id, values[i]) for i in ranking_order(scores, k)]
 
 
 def ranking_order(scores: np.ndarray, k: int | None = None) -> list[int]:
     """Row indices by descending score, ties in request order, the first ``k`` when given: the order of
     :meth:`RankingPipeline.rank` and of an explained ranking."""
-    order = np.argsort(-scores, kind="stable").tolist()
+    order = (-scores).argsort(kind="stable").tolist()
     return order[:k] if k else order

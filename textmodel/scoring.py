@@ -8,6 +8,7 @@ embedding table, or are encoded from text when an item is not in it.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,12 +67,31 @@ class InterestHead:
         if len(history) > 1:  # a request has one: nothing to share, and np.unique costs ~0.5 ms
             history, inverse = np.unique(history, axis=0, return_inverse=True)
             row_user = inverse.reshape(-1)[np.asarray(row_user, dtype=np.int64)]
-        users = self.user_vectors(history)
+        return self.score_users(self.user_vectors(history), row_user, row_item, extra)
+
+    def score_users(
+        self, users: torch.Tensor, row_user: np.ndarray, row_item: np.ndarray, extra: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """:meth:`scores` from user vectors already computed (``users``, (M, dim), from :meth:`user_vectors`): row
+        ``r`` pairs ``users[row_user[r]]`` with item ``row_item[r]``, (R,) float64.
+
+        No ``no_grad`` of its own (a request pays for the context): nothing here requires a gradient (the table
+        and the scale are detached, user vectors come from :meth:`user_vectors`), and if a caller's vectors did,
+        ``numpy()`` would refuse them loudly."""
         table = self.vectors if extra is None or not len(extra) else torch.cat([self.vectors, extra.double()])
         device = self.vectors.device
-        u = users[torch.from_numpy(np.asarray(row_user, dtype=np.int64)).to(device)]
-        v = table[torch.from_numpy(np.asarray(row_item, dtype=np.int64)).to(device)]
-        return (self.scale * (u * v).sum(dim=-1)).cpu().numpy()
+        # index_select, not indexing: the same rows copied, at half the fixed cost (~15 µs a request). One user
+        # (a request) is broadcast, not gathered: the same products, so the same sums.
+        cpu = device.type == "cpu"  # no device moves to ask for (each is a dispatch a request pays)
+        item_at = torch.from_numpy(np.asarray(row_item, dtype=np.int64))
+        v = torch.index_select(table, 0, item_at if cpu else item_at.to(device))
+        if len(users) == 1:
+            u = users
+        else:
+            user_at = torch.from_numpy(np.asarray(row_user, dtype=np.int64))
+            u = torch.index_select(users, 0, user_at if cpu else user_at.to(device))
+        scores = self.scale * (u * v).sum(dim=-1)
+        return (scores if cpu else scores.cpu()).numpy()
 
 
 def score_impressions(model: TextModel, memory: torch.Tensor, data: ImpressionSet) -> np.ndarray:
@@ -156,6 +176,9 @@ class TextScorer:
         """Each item's index into the table, then into the returned extra vectors (items not in the table: from
         ``given``, encoded elsewhere, e.g. by the serving encoder, else encoded here once each from ``texts``;
         KeyError if neither has it)."""
+        rows = np.fromiter(map(self.index.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids))
+        if len(rows) and rows.min() >= 0:  # every vector is in the table (the common request)
+            return rows, None
         texts, given = texts or {}, given or {}
         extra: dict[str, int] = {}
         for item in item_ids:
@@ -199,6 +222,25 @@ class TextScorer:
         ``item_ids[r]``. One user-tower pass per history, one gather, one product: (R,) float64."""
         rows, extra = self.item_rows(item_ids, texts, given)
         return self.head.scores(self.history_matrix(histories), row_user, rows, extra)
+
+    def user_vectors(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        """The user vector of each history, (M, dim) float64: for one history, the very pass
+        :meth:`scores_rows` makes (a tower pass over one row), so its scores through :meth:`scores_users` are the
+        same bits."""
+        return self.head.user_vectors(self.history_matrix(histories))
+
+    def scores_users(
+        self,
+        users: torch.Tensor,
+        row_user: np.ndarray,
+        item_ids: Sequence[str],
+        texts: Mapping[str, str] | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """:meth:`scores_rows` from user vectors already computed (:meth:`user_vectors`): row ``r`` pairs
+        ``users[row_user[r]]`` with ``item_ids[r]``, (R,) float64."""
+        rows, extra = self.item_rows(item_ids, texts, given)
+        return self.head.score_users(users, row_user, rows, extra)
 
     def scores(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -13,6 +14,7 @@ from features.behaviour import (
     OnlineSnapshot,
     build_snapshot,
     derive,
+    derived_rows,
     online_rows,
     request_positions,
     snapshot_features,
@@ -120,11 +122,7 @@ def test_the_index_follows_a_replaced_table(snapshot) -> None:
 @pytest.mark.parametrize("interleave", [False, True], ids=["contiguous", "interleaved"])
 def test_snapshot_features_of_many_requests_equal_online_rows_request_by_request(snapshot, interleave) -> None:
     """The batched gather (one frame, every case at once) gives each request exactly its own online_rows."""
-    rows = [
-        (case, user, item)
-        for case, (user, items, _hours, _new) in CASES.items()
-        for item in items
-    ]
+    rows = [(case, user, item) for case, (user, items, _hours, _new) in CASES.items() for item in items]
     if interleave:  # requests need not be contiguous: row order within a request is its display order
         rows = rows[::2] + rows[1::2]
     requests = pl.DataFrame(rows, schema=["request_id", "user_id", "item_id"], orient="row")
@@ -135,6 +133,54 @@ def test_snapshot_features_of_many_requests_equal_online_rows_request_by_request
         part = got[mine["_r"].to_list()]
         assert part.schema == want.schema
         assert part.equals(want), (case, part, want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 100, 1000])
+def test_derived_rows_equal_the_lazy_derive_bit_for_bit(n: int) -> None:
+    """The eager select of the request path against derive as a lazy query on the default engine (the offline
+    build's), on random state with nulls and times microseconds apart over years: every column, every bit."""
+    rng = np.random.default_rng(n)
+
+    def times(null_share: float) -> pl.Series:
+        micros = rng.integers(1_500_000_000_000_000, 1_700_000_000_000_000, n)
+        return (
+            pl.Series(micros).cast(pl.Datetime("us", "UTC")).scatter(np.flatnonzero(rng.random(n) < null_share), None)
+        )
+
+    def counts(high: int, null_share: float = 0.0) -> pl.Series:
+        return pl.Series(rng.integers(0, high, n), dtype=pl.Int64).scatter(
+            np.flatnonzero(rng.random(n) < null_share), None
+        )
+
+    impressions = counts(10**6)
+    frame = pl.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(n)],
+            "category": rng.choice(["a", "b", None], n).tolist(),
+            "published_at": times(0.2),
+            "item_impressions_before": impressions,
+            "item_clicks_before": (impressions * rng.random(n)).cast(pl.Int64),
+            "item_clicks_1d": counts(50),
+            "item_clicks_7d": counts(500),
+            "user_impressions_before": counts(10**4),
+            "user_clicks_before": counts(30).scatter(np.flatnonzero(rng.random(n) < 0.3), 0),
+            "user_last_click_ts": times(0.3),
+            "user_category_clicks_before": counts(30, 0.3),
+            "position": pl.Series(np.arange(n), dtype=pl.Int32),
+            "ts": times(0.0),
+            "impression_size": pl.Series(np.full(n, n), dtype=pl.Int32),
+            "global_impressions_before": np.full(n, int(rng.integers(10**5, 10**8))),
+            "global_clicks_before": np.full(n, int(rng.integers(10**3, 10**5))),
+        }
+    )
+    columns = ("item_id", "category", *SPEC.feature_columns)
+    want = derive(frame.lazy(), SPEC).select(columns).collect()
+    got = derived_rows(frame, SPEC, columns)
+    assert got.schema == want.schema
+    for name in columns:
+        assert got[name].equals(want[name]), name
+        if got[name].dtype.is_numeric():
+            assert got[name].to_numpy().tobytes() == want[name].to_numpy().tobytes(), name
 
 
 def test_request_positions_count_within_each_request() -> None:
