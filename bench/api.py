@@ -1,7 +1,7 @@
 """Benchmark: the out-of-the-box server's rate, and what metrics, request ids and access logs cost.
 
-    python bench/api.py [--data data/ml100k] [--config conf/demo.yaml] [--parts default,observability]
-                        [--rate 100] [--seconds 60] [--ab-rate 50] [--ab-seconds 10] [--ab-rounds 3]
+    python bench/api.py [--data data/ml100k] [--config conf/demo.yaml] [--parts default,observability,cost]
+                        [--rate 100] [--seconds 60] [--ab-rate 50] [--ab-seconds 10] [--ab-rounds 5]
 
 Needs a data folder with a registered champion (``make run`` makes one). Servers run as their own processes
 on free loopback ports; the open-loop load client (``bench/loadgen.py``: latency counted from each request's
@@ -12,9 +12,11 @@ random snapshot users, built with :func:`serving.client.rank_body`.
   access lines and metrics on, the registry polled), a 10 s warm-up, then ``--rate`` req/s for ``--seconds``;
   goals: 0 failed, p99 <= 50 ms. The ``Server-Timing`` of the answered requests gives the ranking's own time.
 - observability: two uvicorn servers of the same app, side by side: "on" (the defaults: request ids, metrics,
-  JSON access lines) and "off" (``serving.metrics=false serving.access_log=false`` and the request-id
-  middleware removed), loaded in alternating ``--ab-seconds`` segments at ``--ab-rate`` req/s; goal: the
-  median over rounds of p50(on) / p50(off) <= 1.05.
+  JSON access lines) and "off" (``serving.metrics=false serving.access_log=false``: request ids only), loaded
+  in alternating ``--ab-seconds`` segments at ``--ab-rate`` req/s; goal: the median over rounds of
+  p50(on) / p50(off) <= 1.05.
+- cost: the microseconds the request-id middleware, the metrics and the access line add per request in
+  process, around a no-op app (what the A/B's noise cannot resolve).
 
 Prints a table and writes ``bench/results/api.json``.
 """
@@ -108,9 +110,12 @@ def default_server(args) -> dict:
 def observability(args) -> dict:
     port_on, port_off = free_port(), free_port()
     common = ["--config", str(args.config), f"data.dir={args.data}", "serving.reload_interval_s=0"]
-    on = Process("on", [sys.executable, "-m", "serving", "--engine", "uvicorn", "--port", str(port_on), *common])
+    serve = [sys.executable, "-m", "serving", "--engine", "uvicorn"]
+    on = Process("on", [*serve, "--port", str(port_on), *common])
     try:
-        off = Process("off", [sys.executable, str(Path(__file__)), "--plain-server", "--port", str(port_off), *common])
+        off = Process(
+            "off", [*serve, "--port", str(port_off), *common, "serving.metrics=false", "serving.access_log=false"]
+        )
     except Exception:
         on.stop()
         raise
@@ -137,42 +142,65 @@ def observability(args) -> dict:
     return {"rounds": rounds, "median_p50_ratio": ratio, "access_lines_written": lines, "goal_le_1_05": ratio <= 1.05}
 
 
-def plain_server(argv: list[str]) -> None:
-    """The "off" server: the API with metrics and access lines off and the request-id middleware removed."""
-    import torch
-    import uvicorn
+def in_process_cost(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request that ``ObserveRequests`` adds around a no-op ASGI app, in this process: the
+    request id alone, with the metrics, and with the metrics and the access line (written to /dev/null), plus
+    the ``/rank`` route's own ranking metrics. What the A/B above cannot resolve under its noise."""
+    import asyncio
+    import logging
 
-    from conf import load_config
-    from serving.access import ObserveRequests
-    from serving.app import build_app
-    from serving.hosts import start_holder
+    from serving.access import ObserveRequests, configure_logging
+    from serving.metrics import ServiceMetrics
+    from serving.models import ModelHolder
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--plain-server", action="store_true")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--config")
-    parser.add_argument("overrides", nargs="*")
-    a = parser.parse_args(argv)
-    cfg = load_config(a.config, [*a.overrides, "serving.metrics=false", "serving.access_log=false"])
-    torch.set_num_threads(1)  # as serving.hosts.run_uvicorn
-    app = build_app(cfg.serving, start_holder(cfg))
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not ObserveRequests]
-    uvicorn.run(app, host="127.0.0.1", port=a.port, access_log=False, log_level="warning")
+    metrics = ServiceMetrics(ModelHolder("champion", lambda: "1", lambda version: None))
+    configure_logging("WARNING", access=True)
+    handler = next(h for h in logging.getLogger("recrank").handlers if getattr(h, "_recrank", False))
+    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+
+    async def noop(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def per_request(app) -> float:
+        async def receive():
+            return {"type": "http.request"}
+
+        async def send(message) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/rank", "headers": [(b"x-request-id", b"page-1")]}
+        start = time.perf_counter()
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+        return (time.perf_counter() - start) / n * 1e6
+
+    out = {
+        name: asyncio.run(per_request(app))
+        for name, app in (
+            ("no middleware", noop),
+            ("request id", ObserveRequests(noop, None, False)),
+            ("request id + metrics", ObserveRequests(noop, metrics, False)),
+            ("request id + metrics + access line", ObserveRequests(noop, metrics, True)),
+        )
+    }
+    start = time.perf_counter()
+    for _ in range(n):
+        metrics.ranking(100, 0, False, {"features": 0.001, "text": 0.001, "booster": 0.0005})
+    out["/rank's ranking metrics"] = (time.perf_counter() - start) / n * 1e6
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def main() -> int:
-    if "--plain-server" in sys.argv:
-        plain_server(sys.argv[1:])
-        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/ml100k"))
     parser.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
-    parser.add_argument("--parts", default="default,observability")
+    parser.add_argument("--parts", default="default,observability,cost")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--ab-rate", type=float, default=50.0)
     parser.add_argument("--ab-seconds", type=float, default=10.0)
-    parser.add_argument("--ab-rounds", type=int, default=3)
+    parser.add_argument("--ab-rounds", type=int, default=5)
     parser.add_argument("--out", default="api.json")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -190,6 +218,11 @@ def main() -> int:
         o = report["observability"] = observability(args)
         print(f"  median p50 ratio on/off {o['median_p50_ratio']:.3f} (goal <= 1.05); "
               f"{o['access_lines_written']} access lines written", flush=True)  # fmt: skip
+    if "cost" in parts:
+        print("--- what observability adds per request, in process (microseconds)", flush=True)
+        c = report["in_process_us"] = in_process_cost()
+        for name, us in c.items():
+            print(f"  {name:38s} {us:7.2f}", flush=True)
     out = ROOT / "bench" / "results" / args.out
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
