@@ -75,11 +75,17 @@ class ServiceMetrics:
             buckets=STAGE_BUCKETS,
         )
         self.registry.register(_ServedState(holder, self._extra))
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
 
     def _child(self, metric, *labels: str):
-        """The series of ``metric`` for ``labels`` (and this replica's label)."""
-        values = (*labels, *self._extra.values())
-        return metric.labels(*values) if values else metric
+        """The series of ``metric`` for ``labels`` (and this replica's label), looked up once per label set:
+        ``labels()`` validates and locks on every call, a few microseconds a request for nothing."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            values = (*labels, *self._extra.values())
+            child = self._children[key] = metric.labels(*values) if values else metric
+        return child
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._child(self.requests, route, method, str(status)).inc()
