@@ -117,6 +117,17 @@ class SnapshotFeatureTable:
             pairs=derived_rows(pairs, spec, of["pair"]) if "pair" in of else empty,
         )
 
+    def positions(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each candidate row's row in ``items``, ``users`` and ``pairs`` (every item in the snapshot; a user outside
+        it reads the unknown user's row): what :meth:`rows` gathers, and :mod:`ranker.request_matrix` too."""
+        index, n = self.index, len(item_ids)
+        item_at = np.fromiter(map(index.item_row.__getitem__, item_ids), np.int64, n)
+        unknown_user = itertools.repeat(index.users.height - 1, n)
+        user_at = np.fromiter(map(index.user_row.get, user_ids, unknown_user), np.int64, n)
+        pos, hit = index.category_rows(user_at, index.item_code[item_at])
+        pair_at = np.where(hit, pos, len(index.ucat_keys) + user_at)
+        return item_at, user_at, pair_at
+
     def rows(
         self,
         request_ids: Sequence[str],
@@ -127,12 +138,8 @@ class SnapshotFeatureTable:
         """The feature rows of candidate rows (display order within each request; every item in the snapshot),
         requests at the snapshot's time: what :func:`features.behaviour.snapshot_features` gives them.
         ``item_column``: ``item_ids`` as a String Series already (the rows' own column, not built again)."""
-        index, n = self.index, len(item_ids)
-        item_at = np.fromiter(map(index.item_row.__getitem__, item_ids), np.int64, n)
-        unknown_user = itertools.repeat(index.users.height - 1, n)
-        user_at = np.fromiter(map(index.user_row.get, user_ids, unknown_user), np.int64, n)
-        pos, hit = index.category_rows(user_at, index.item_code[item_at])
-        pair_at = np.where(hit, pos, len(index.ucat_keys) + user_at)
+        n = len(item_ids)
+        item_at, user_at, pair_at = self.positions(user_ids, item_ids)
         if item_column is None or item_column.dtype != pl.String or item_column.name != "item_id":
             item_column = pl.Series("item_id", list(item_ids), dtype=pl.String)
         columns = {"item_id": item_column}

@@ -100,7 +100,11 @@ def _one_group_rank(score: pl.Series) -> np.ndarray:
     an integer over 2, so exact in float64 however polars sums it, and the scaling is the same two float64
     operations. Hence the same bits as the query.
     """
-    x = _float64(score)
+    return one_group_rank(_float64(score))
+
+
+def one_group_rank(x: np.ndarray) -> np.ndarray:
+    """:func:`_one_group_rank` of float64 scores already in numpy (:mod:`ranker.request_matrix`'s requests)."""
     n = len(x)
     if n == 1:
         return np.zeros(1)

@@ -28,11 +28,12 @@ import numpy as np
 import polars as pl
 
 from conf.prompt import TEMPLATE_FIELDS
-from features.behaviour import FeatureSpec, OnlineSnapshot
-from features.sources import FeatureSource, SnapshotFeatures
+from features.behaviour import TS, FeatureSpec, OnlineSnapshot, _utc_micros
+from features.sources import REQUEST_KEYS, FeatureSource, SnapshotFeatures
 from ranker.explain import Explanation, explain_frame
-from ranker.frame import GROUP, RankerInputs, with_interest_rank
+from ranker.frame import GROUP, RankerInputs, one_group_rank, with_interest_rank
 from ranker.lambdarank import predict
+from ranker.request_matrix import RequestMatrix
 
 if TYPE_CHECKING:  # torch is imported only when a text model is loaded
     import torch
@@ -105,6 +106,10 @@ class RankingPipeline:
         self._user_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._user_cache_owner: tuple[object, object] = (self.online, self.text)
         self._user_cache_lock = threading.Lock()
+        # (feature table, inputs, their RequestMatrix): the table's sides converted once (see _request_matrix)
+        self._matrix: tuple[object, RankerInputs, RequestMatrix | None] | None = None
+        self._matrix_lock = threading.Lock()
+        self._request_matrix()
 
     def history(self, user_id: str) -> list[str]:
         return self.online.history(user_id)
@@ -141,7 +146,13 @@ class RankingPipeline:
         over the requests, one ``booster.predict`` (``num_threads``: 1 for a request, where OpenMP start-up
         dominates; more for a large frame). ``timings``, when given, receives the seconds spent in each stage:
         ``features``, ``text`` (absent without a text model) and ``booster`` (the API's metrics).
+
+        A request (one request, one user the snapshot knows, at the snapshot's own time, every item known to the
+        snapshot and the text model) takes :meth:`_score_request`: the same floats, without building a frame.
         """
+        scores = self._score_request(rows, source, num_threads, timings)
+        if scores is not None:
+            return scores
         frame = self.ranking_frame(rows, source, vectors, timings)
         started = time.perf_counter()
         scores = predict(self.booster, frame, self.inputs, num_threads)
@@ -181,6 +192,99 @@ class RankingPipeline:
                 timings["text"] = time.perf_counter() - started
         return frame
 
+    def _score_request(
+        self,
+        rows: pl.DataFrame,
+        source: FeatureSource | None,
+        num_threads: int,
+        timings: dict[str, float] | None,
+    ) -> np.ndarray | None:
+        """:meth:`score_rows` of a one-request frame from its :class:`ranker.request_matrix.RequestMatrix`; None for
+        any other frame (many requests or users, a source other than this snapshot at its own time, a ``ts``
+        column, an item or user the snapshot does not know, an item the text model has no vector for), which then
+        takes the general path.
+
+        Every condition of the snapshot table's path (:meth:`features.sources.SnapshotFeatures.features`) and of
+        the cached user vector (:meth:`_cached_user_vector`) holds here, so the features are the table's, the user
+        vector is the cached one, and the matrix and margin are the general path's floats (see the module).
+        """
+        n = rows.height
+        columns = rows.columns
+        if not n or TS in columns or any(c not in columns for c in REQUEST_KEYS):
+            return None
+        started = time.perf_counter()
+        source = source or self.online
+        requests, users = (rows.get_column(c).to_list() for c in ("request_id", "user_id"))
+        if requests.count(requests[0]) != n or users.count(users[0]) != n:
+            return None
+        return self._score_known(source, users, rows.get_column("item_id").to_list(), num_threads, timings, started)
+
+    def _score_known(
+        self,
+        source: FeatureSource,
+        users: list[str],
+        items: list[str],
+        num_threads: int,
+        timings: dict[str, float] | None,
+        started: float,
+    ) -> np.ndarray | None:
+        """:meth:`_score_request` of one request given as lists (``users``: its one user, once per item), after
+        the frame's checks; None where the general path must score it."""
+        if source is not self.online and not (
+            self.online.shares_histories(source)
+            and source.snapshot is self.online.snapshot
+            and source.spec is self.online.spec
+        ):
+            return None
+        n = len(items)
+        matrix = self._request_matrix()
+        if matrix is None:
+            return None
+        table = matrix.table
+        if source.at is not None and _utc_micros(source.at) != table.key[0]:
+            return None
+        user = users[0]
+        index = table.index
+        distinct = set(items)
+        if user not in index.user_row or not index.item_row.keys() >= distinct:
+            return None
+        if self.inputs.uses_text and (self.text is None or not self.text.index.keys() >= distinct):
+            return None
+        item_at, user_at, pair_at = table.positions(users, items)
+        at = {"item": item_at, "user": user_at, "pair": pair_at}
+        margin = matrix.margin(at)
+        if margin is None:  # a base score outside (0, 1): the general path says which
+            return None
+        x = matrix.matrix(at)
+        if timings is not None:
+            timings["features"] = time.perf_counter() - started
+        if self.inputs.uses_text:
+            started = time.perf_counter()
+            vector = self._user_vector(user)
+            score = self.text.scores_users(vector, np.zeros(n, dtype=np.int64), items)
+            matrix.set_text(x, score, one_group_rank(score))
+            if timings is not None:
+                timings["text"] = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = margin + self.booster.predict(x, num_threads=num_threads)
+        if timings is not None:
+            timings["booster"] = time.perf_counter() - started
+        return scores
+
+    def _request_matrix(self) -> RequestMatrix | None:
+        """The :class:`ranker.request_matrix.RequestMatrix` of this pipeline's snapshot table and inputs (None when
+        the snapshot has no table or the ranker reads a column it lacks), built on first use and again whenever
+        the table is rebuilt (a snapshot whose tables, time or counts changed) or the inputs are replaced."""
+        table = self.online.feature_table()
+        built = self._matrix
+        if built is None or built[0] is not table or built[1] is not self.inputs:
+            with self._matrix_lock:
+                built = self._matrix
+                if built is None or built[0] is not table or built[1] is not self.inputs:
+                    matrix = None if table is None else RequestMatrix.build(table, self.inputs)
+                    built = self._matrix = (table, self.inputs, matrix)
+        return built[2]
+
     def explain_rows(
         self,
         rows: pl.DataFrame,
@@ -217,7 +321,10 @@ class RankingPipeline:
         users = rows.get_column("user_id").to_list()
         if not users or users.count(users[0]) != len(users) or not self.online.shares_histories(source):
             return None, None
-        user, group = users[0], np.zeros(len(users), dtype=np.int64)  # as source.histories groups one user
+        return self._user_vector(users[0]), np.zeros(len(users), dtype=np.int64)  # as source.histories groups one
+
+    def _user_vector(self, user: str) -> torch.Tensor:
+        """``user``'s vector from this pipeline's snapshot, through the LRU cache (see :meth:`_cached_user_vector`)."""
         with self._user_cache_lock:
             if not self._owns_user_cache():
                 self._user_cache.clear()
@@ -225,14 +332,14 @@ class RankingPipeline:
             vector = self._user_cache.get(user)
             if vector is not None:
                 self._user_cache.move_to_end(user)
-                return vector, group
+                return vector
         vector = self.text.user_vectors([self.online.history(user)])  # what source.histories gives this user
         with self._user_cache_lock:
             if self._owns_user_cache():  # not emptied for another model while this vector was computed
                 self._user_cache[user] = vector
                 while len(self._user_cache) > self.user_cache_size:
                     self._user_cache.popitem(last=False)
-        return vector, group
+        return vector
 
     def _owns_user_cache(self) -> bool:
         online, text = self._user_cache_owner
@@ -303,8 +410,15 @@ class RankingPipeline:
         vectors: Mapping[str, np.ndarray] | None = None,
         timings: dict[str, float] | None = None,
     ) -> np.ndarray:
-        """Scores of ``candidates`` for ``user_id`` (request order): :meth:`score_rows` on a one-request frame."""
+        """Scores of ``candidates`` for ``user_id`` (request order): :meth:`score_rows` on a one-request frame.
+
+        The common request (see :meth:`_score_request`) is scored from its ids, without building the frame."""
         source = self.online if at is None else self.online.at_time(at)
+        started = time.perf_counter()
+        ids = _checked_ids(candidates)
+        scores = self._score_known(source, [user_id] * len(ids), ids, 1, timings, started)
+        if scores is not None:
+            return scores
         return self.score_rows(self.request_rows(user_id, candidates), source, vectors, timings=timings)
 
     def explain(
