@@ -305,7 +305,7 @@ def test_ranks_break_ties_by_input_order() -> None:
     class Fixed:
         versions: ClassVar[dict[str, str]] = {"ranker": "7"}
 
-        def ranked_rows(self, rows):
+        def score_rows(self, rows):
             return np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.2, 0.2, 0.7])[: rows.height]
 
     # two requests, interleaved in the file, listed out of order (_row says the input order)
