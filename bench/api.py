@@ -113,9 +113,7 @@ def observability(args) -> dict:
     serve = [sys.executable, "-m", "serving", "--engine", "uvicorn"]
     on = Process("on", [*serve, "--port", str(port_on), *common])
     try:
-        off = Process(
-            "off", [*serve, "--port", str(port_off), *common, "serving.metrics=false", "serving.access_log=false"]
-        )
+        off = Process("off", [*serve, "--port", str(port_off), *common, *args.off_set])
     except Exception:
         on.stop()
         raise
@@ -201,6 +199,12 @@ def main() -> int:
     parser.add_argument("--ab-rate", type=float, default=50.0)
     parser.add_argument("--ab-seconds", type=float, default=10.0)
     parser.add_argument("--ab-rounds", type=int, default=5)
+    parser.add_argument(
+        "--off-set",
+        nargs="*",
+        default=["serving.metrics=false", "serving.access_log=false"],
+        help="overrides of the 'off' server (none: an A/A run, two identical servers, to see the setup's own skew)",
+    )
     parser.add_argument("--out", default="api.json")
     args = parser.parse_args()
     parts = args.parts.split(",")
