@@ -81,10 +81,29 @@ def explain_frame(
         raise ValueError(f"top must be >= 0, got {top}")
     scores = predict(booster, frame, inputs, num_threads)
     x = model_matrix(frame, inputs)
+    p = frame.get_column(inputs.base_score).cast(pl.Float64).to_numpy() if inputs.base_score else None
+    return explain_matrix(booster, x, scores, base_margin(frame, inputs), p, inputs, top, num_threads)
+
+
+def explain_matrix(
+    booster: lgb.Booster,
+    x: np.ndarray,
+    scores: np.ndarray,
+    prior: np.ndarray,
+    p: np.ndarray | None,
+    inputs: RankerInputs,
+    top: int,
+    num_threads: int = 1,
+) -> list[Explanation]:
+    """:func:`explain_frame` from the booster's inputs themselves: the matrix ``x``, each row's ``scores`` (what
+    the ranking used), its base margin ``prior`` and the probability ``p`` it is the logit of (None without a
+    base score). The API's common request comes here with the matrix it was scored from
+    (:class:`ranker.request_matrix.RequestMatrix`), so no frame is built to explain it."""
+    if top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
     contrib = booster.predict(x, pred_contrib=True, num_threads=num_threads)
     n = len(inputs.features)
     phi, base = contrib[:, :n], contrib[:, n]
-    prior = base_margin(frame, inputs)
     # The top features of each row: by |contribution|, a stable sort so that ties keep feature order.
     chosen = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, : min(top, n)]
     others = np.ones_like(phi, dtype=bool)
@@ -95,7 +114,7 @@ def explain_frame(
     chosen_rows, x_rows = chosen.tolist(), x.tolist()
     vocab = [inputs.vocab.get(f) if f in inputs.categorical else None for f in inputs.features]
     name = prior_name(inputs)
-    p = frame.get_column(inputs.base_score).cast(pl.Float64).to_list() if name else None
+    probabilities = p.tolist() if name and p is not None else None
     out = []
     for r, (s, b, m, t) in enumerate(zip(scores.tolist(), base.tolist(), prior.tolist(), rest.tolist(), strict=True)):
         row = x_rows[r]
@@ -103,7 +122,7 @@ def explain_frame(
             Contribution(inputs.features[j], _shown(row[j], vocab[j]), c)
             for j, c in zip(chosen_rows[r], top_phi[r], strict=True)
         ]
-        out.append(Explanation(s, b, m, terms, t, Contribution(name, p[r], m) if name else None))
+        out.append(Explanation(s, b, m, terms, t, Contribution(name, probabilities[r], m) if probabilities else None))
     return out
 
 

@@ -110,6 +110,13 @@ class RequestMatrix:
         if "interest_rank" in self.text:
             x[:, self.text["interest_rank"]] = rank
 
+    def probabilities(self, rows: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The base-score column of the rows (what the margin is the logit of); None without a base score."""
+        if self.base is None:
+            return None
+        side, values = self.base
+        return values[rows[side]]
+
     def margin(self, rows: dict[str, np.ndarray]) -> np.ndarray | None:
         """:func:`ranker.frame.base_margin` of the rows: zeros without a base score; None when a probability lies
         outside (0, 1) (the general path then raises base_margin's error, naming the row)."""

@@ -8,6 +8,7 @@ row checked against ``score_rows`` and against LightGBM's ``pred_contrib``.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import lightgbm as lgb
 import numpy as np
@@ -213,3 +214,8 @@ def test_a_request_is_explained_as_it_is_scored(pipeline) -> None:
     _, best = pipeline.explain(user, candidates, top=2, best=3)  # only the first three of the ranking
     assert list(best) == ranking_order(scores, 3)
     assert all(best[i] == explanations[i] for i in best)
+    # The common request is explained from the matrix it was scored from, equal to the frame's explanation.
+    frame = pipeline.ranking_frame(pipeline.request_rows(user, candidates))
+    assert [explanations[i] for i in range(7)] == explain_frame(pipeline.booster, frame, pipeline.inputs, 2)
+    with mock.patch.object(type(pipeline), "ranking_frame", side_effect=AssertionError("the general path ran")):
+        assert pipeline.explain(user, candidates, top=2, best=3)[1] == best
