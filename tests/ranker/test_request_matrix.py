@@ -15,8 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
-import torch
-from torch import nn
+from random_scorer import random_text_scorer
 
 from features import snapshot_table
 from features.behaviour import FeatureSpec, build_snapshot
@@ -28,24 +27,14 @@ from ranker.lambdarank import predict
 from ranker.pipeline import Candidate, RankingPipeline
 from ranker.request_matrix import RequestMatrix
 from serving.models import with_snapshot
-from textmodel.scoring import InterestHead, TextScorer
-from textmodel.towers import UserTower
+from textmodel.scoring import TextScorer
 
 SPEC = FeatureSpec(click_windows_days=(1, 7), ctr_prior_strength=20.0, history_cap=5)
 DIM = 8
 
 
 def text_scorer(item_ids: list[str], seed: int) -> TextScorer:
-    """A table-only scorer (as :meth:`TextScorer.table_only` builds one) over random vectors and a random tower."""
-    torch.manual_seed(seed)
-    holder = nn.Module()
-    holder.users, holder.log_scale = UserTower(DIM).eval(), nn.Parameter(torch.tensor(1.5))
-    scorer = TextScorer.__new__(TextScorer)
-    scorer.model, scorer.tokenizer, scorer.config, scorer.item_text, scorer.device = holder, None, None, None, "cpu"
-    scorer.item_ids, scorer.index = item_ids, {item: i for i, item in enumerate(item_ids)}
-    scorer.vectors = torch.randn(len(item_ids), DIM, dtype=torch.float64)
-    scorer.head, scorer.history_cap = InterestHead(holder, scorer.vectors), SPEC.history_cap
-    return scorer
+    return random_text_scorer(item_ids, seed, SPEC.history_cap, DIM)
 
 
 def fitted(plain: RankingPipeline, seed: int) -> lgb.Booster:

@@ -37,20 +37,25 @@ def start_serve(world: Config, tmp_path: Path, engine: str, *overrides: str) -> 
     return proc, port
 
 
+def wait_ready(proc: subprocess.Popen, url: str, limit_s: float = 120) -> None:
+    """Until ``url/readyz`` answers 200; fails with the server's output if it exits or takes over ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready in {limit_s:g} s"
+        time.sleep(0.3)
+
+
 def test_recrank_serve_uvicorn_ranks_and_stops_on_ctrl_c(served_world: Config, tmp_path: Path) -> None:
     proc, port = start_serve(served_world, tmp_path, "uvicorn")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 120 s"
-            time.sleep(0.3)
+        wait_ready(proc, url)
         body = httpx.get(f"{url}/openapi.json").json()
         assert "/rank" in body["paths"]
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -71,16 +76,7 @@ def test_recrank_serve_auto_picks_uvicorn_here_and_logs_json(served_world: Confi
     proc, port = start_serve(served_world, tmp_path, "auto")
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 120 s"
-            time.sleep(0.3)
+        wait_ready(proc, url)
         snapshot = read_snapshot(served_world.data.dir)
         items = snapshot.items["item_id"].head(3).to_list()
         r = httpx.post(f"{url}/rank", json={"user_id": "someone", "candidates": items}, headers={"X-Request-ID": "q-9"})
