@@ -145,7 +145,6 @@ def in_process_cost(n: int = 20000) -> dict[str, float]:
     request id alone, with the metrics, and with the metrics and the access line (written to /dev/null), plus
     the ``/rank`` route's own ranking metrics. What the A/B above cannot resolve under its noise."""
     import asyncio
-    import logging
 
     from serving.access import ObserveRequests, configure_logging
     from serving.metrics import ServiceMetrics
@@ -153,8 +152,9 @@ def in_process_cost(n: int = 20000) -> dict[str, float]:
 
     metrics = ServiceMetrics(ModelHolder("champion", lambda: "1", lambda version: None))
     configure_logging("WARNING", access=True)
-    handler = next(h for h in logging.getLogger("recrank").handlers if getattr(h, "_recrank", False))
-    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115
+    from serving import access
+
+    access._listener.handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115  # the writer thread's stream
 
     async def noop(scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -20,15 +20,18 @@ variable ``serving.log_salt_env`` and should be kept secret), or ``plain``.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import hashlib
 import json
 import logging
+import queue
 import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any, Literal
 
 from starlette.datastructures import MutableHeaders
@@ -166,9 +169,12 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        info = _current.get()
-        if info is not None:
-            out["request_id"] = info.request_id
+        request_id = getattr(record, "request_id", None)  # stamped when the record was queued (see _Stamped)
+        if request_id is None:
+            info = _current.get()
+            request_id = None if info is None else info.request_id
+        if request_id is not None:
+            out["request_id"] = request_id
         out.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -178,16 +184,49 @@ class JsonLines(logging.Formatter):
 JsonLines.converter = time.gmtime  # timestamps in UTC, as the trailing Z says
 
 
+class _Stamped(QueueHandler):
+    """Queues records for the writer thread as they are, each stamped with the id of the request it was logged
+    in (the writer thread has no request context). ``QueueHandler.prepare`` would format the message here,
+    on the request's own thread: the work this handler exists to move off it."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        info = _current.get()
+        if info is not None and not hasattr(record, "request_id"):
+            record.request_id = info.request_id
+        return record
+
+
+_listener: QueueListener | None = None
+
+
 def configure_logging(level: str, access: bool, json_lines: bool = True) -> None:
     """Send recrank's log records (``recrank.*``) to stderr as JSON lines at ``level``; access lines at INFO
-    when ``access``. Called by the hosts at start (the edge), idempotent: a second call replaces the handler."""
+    when ``access``. Called by the hosts at start (the edge), idempotent: a second call replaces the handler.
+
+    Records are formatted and written by a writer thread (``QueueHandler`` -> ``QueueListener``): a request's
+    event loop only queues its access line (~microseconds) and goes on, while the ~20-50 us of formatting and
+    the write happen when the loop waits. The queue is drained at exit.
+    """
+    global _listener
     root = logging.getLogger("recrank")
     for handler in [h for h in root.handlers if getattr(h, "_recrank", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    if _listener is not None:
+        _listener.stop()  # writes what is queued
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonLines() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    _listener = QueueListener(records, stream)
+    _listener.start()
+    handler = _Stamped(records)
     handler._recrank = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonLines() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False  # one line per record, not one more from the root logger's handlers
     access_log.setLevel(logging.INFO if access else logging.WARNING)
+
+
+@atexit.register
+def _drain() -> None:
+    if _listener is not None:
+        _listener.stop()
