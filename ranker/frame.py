@@ -183,6 +183,11 @@ def base_margin(frame: pl.DataFrame, inputs: RankerInputs) -> np.ndarray:
             f"ranking frame: base-score column {name!r}: {int(bad.sum())} value(s) outside (0, 1), "
             f"first at row {row}: {p[row]!r}"
         )
+    return logit(p)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` as every base margin computes it (the request matrix too: the same floats)."""
     return np.log(p) - np.log1p(-p)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +33,7 @@ from ranker.explain import Explanation, explain_frame, explain_matrix
 from ranker.frame import GROUP, RankerInputs, one_group_rank, with_interest_rank
 from ranker.lambdarank import predict
 from ranker.request_matrix import RequestMatrix
+from ranker.user_vectors import UserVectorCache
 
 if TYPE_CHECKING:  # torch is imported only when a text model is loaded
     import torch
@@ -103,9 +103,7 @@ class RankingPipeline:
         self.snapshot.index()  # build the request-time key index now, not in the first request
         self.online.feature_table()  # and the snapshot's features at its own time (what a request gathers)
         # user id -> user vector of a request's user (see _cached_user_vector), for this (online, text) pair
-        self._user_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._user_cache_owner: tuple[object, object] = (self.online, self.text)
-        self._user_cache_lock = threading.Lock()
+        self._user_cache = UserVectorCache(self.user_cache_size)
         # (feature table, inputs, their RequestMatrix): the table's sides converted once (see _request_matrix)
         self._matrix: tuple[object, RankerInputs, RequestMatrix | None] | None = None
         self._matrix_lock = threading.Lock()
@@ -320,7 +318,8 @@ class RankingPipeline:
         makes (:meth:`textmodel.scoring.TextScorer.user_vectors`). Why only then: another source (the point-in-time
         rows of evaluation, or another snapshot) may give the same user id another history, and a frame of many
         users takes its vectors from one batched pass whose bits must not depend on what was served before.
-        The cache follows the pipeline's ``online`` source and text model: replacing either empties it.
+        The cache (:class:`ranker.user_vectors.UserVectorCache`) follows the pipeline's ``online`` source and text
+        model: replacing either empties it.
         """
         users = rows.get_column("user_id").to_list()
         if not users or users.count(users[0]) != len(users) or not self.online.shares_histories(source):
@@ -329,25 +328,10 @@ class RankingPipeline:
 
     def _user_vector(self, user: str) -> torch.Tensor:
         """``user``'s vector from this pipeline's snapshot, through the LRU cache (see :meth:`_cached_user_vector`)."""
-        with self._user_cache_lock:
-            if not self._owns_user_cache():
-                self._user_cache.clear()
-                self._user_cache_owner = (self.online, self.text)
-            vector = self._user_cache.get(user)
-            if vector is not None:
-                self._user_cache.move_to_end(user)
-                return vector
-        vector = self.text.user_vectors([self.online.history(user)])  # what source.histories gives this user
-        with self._user_cache_lock:
-            if self._owns_user_cache():  # not emptied for another model while this vector was computed
-                self._user_cache[user] = vector
-                while len(self._user_cache) > self.user_cache_size:
-                    self._user_cache.popitem(last=False)
-        return vector
-
-    def _owns_user_cache(self) -> bool:
-        online, text = self._user_cache_owner
-        return online is self.online and text is self.text
+        # on a miss only: what source.histories gives this user, through the tower pass an uncached request makes
+        return self._user_cache.get(
+            (self.online, self.text), user, lambda: self.text.user_vectors([self.online.history(user)])
+        )
 
     def _texts_of(self, rows: pl.DataFrame, items: Sequence[str], encoded: Container[str]) -> dict[str, str]:
         """``item_id -> text`` of the rows' items the text model has no vector for, not already ``encoded``,

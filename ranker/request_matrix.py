@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.snapshot_table import SnapshotFeatureTable
-from ranker.frame import RankerInputs, _float64, model_matrix
+from ranker.frame import RankerInputs, _float64, logit, model_matrix
 
 SIDES = ("item", "user", "pair")
 
@@ -126,4 +126,4 @@ class RequestMatrix:
         p = values[rows[side]]
         if len(p) and not (p.min() > 0 and p.max() < 1):
             return None
-        return np.log(p) - np.log1p(-p)
+        return logit(p)
