@@ -4,7 +4,6 @@ ranker was evaluated under stale features (:mod:`ranker.freshness`), all written
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from features.io import atomic_path, write_json_atomic
@@ -279,8 +278,9 @@ def write_report(result: EvaluationResult, data_dir: str | Path, title: str, con
     the result carries a freshness comparison); return the folder."""
     out = Path(data_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    # Where the figures came from: a results page quoting them says the commit and the date.
-    context = {**context, "git commit": git_commit(), "written": datetime.now(UTC).isoformat(timespec="seconds")}
+    # Where the figures came from: a results page quoting them names the commit (and the file's date). No
+    # wall-clock field: two runs of the same config write the same bytes (tests/offline/test_reproducible.py).
+    context = {**context, "git commit": git_commit()}
     write_json_atomic({"context": context, **result.to_json()}, out / "metrics.json")
     plot_metrics(result, out / "metric_by_model.png")
     if result.freshness is not None:
