@@ -6,8 +6,8 @@ Each argument is a seed summary written by ``bench/pipeline_seeds.py`` (``<out>.
 arguments, ``runs`` = one entry per seed). For every data set the page gets one table: each system's test
 impression-mean AUC and nDCG@10 as the mean over the seeds, with the lowest and highest seed, read from each
 run's ``<out>-s<seed>/report/metrics.json``; which text model was exported and which ranker shipped per seed;
-the command that regenerates the runs; and where the figures came from (the git commit and time the report
-records, or, for reports written before it recorded them, "commit not recorded" and the file's date).
+the command that regenerates the runs; and where the figures came from (the git commit the report records and
+the file's date, or "commit not recorded" for reports written before they recorded it).
 Without ``--out`` the page goes to stdout.
 """
 
